@@ -1,0 +1,598 @@
+"""Ingest jobs: the Qrvey-style Push API's load, delete and delete-all requests.
+
+A request is parsed (malformed input is a 400 at once), stored as a job row with its body and
+committed — only then is it answered 202, so an accepted job survives a crash. A worker claims the
+job, validates every row (``Validating``), then loads it in one transaction (``Loading``) that also
+records ``Complete``: a job is all-or-nothing. A job found half-way after a crash (its lease expired)
+is simply run again: its transaction never committed.
+
+Rules (docs/push-api.md): a row that does not match the dataset's types, misses a unique-id value,
+repeats a unique id given earlier in the same payload, or carries a field the dataset does not have
+(unless the dataset ignores unknown fields) fails the whole job with ``ErrorExit``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import orjson
+import sqlalchemy as sa
+
+from .columns import modification_time, utc_now
+from .dataset_rows import DATA_CHANNEL
+from .datasets import Dataset, get_dataset, get_dataset_by_id
+from .errors import BadRequest, Invalid, NotFound, Unsupported
+from .leases import new_owner, owner_is_dead
+from .storage import Store, codecs
+from .storage.schema import jobs as jobs_table
+
+__all__ = [
+    "parse_payload",
+    "accept_job",
+    "job_status",
+    "run_job",
+    "run_next_job",
+    "IngestWorker",
+    "JOB_CHANNEL",
+    "FINAL_STATUSES",
+    "load_rows_now",
+]
+
+log = logging.getLogger("pushbase.ingest")
+
+JOB_CHANNEL = "pushbase_jobs"
+FINAL_STATUSES = ("Complete", "ErrorExit", "TerminatedExit")
+PENDING = "Initializing"
+MAX_ERRORS_LISTED = 100
+MAX_ATTEMPTS = 3
+LEASE = dt.timedelta(seconds=float(os.environ.get("PUSHBASE_JOB_LEASE_SECONDS", "120")))
+_CHUNK = 500
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_payload(body: bytes, content_type: str | None, *, operation: str = "load") -> list[Any]:
+    """A JSON array, one JSON object, or NDJSON (``application/x-ndjson``) -> a list of items."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media in ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"):
+        items = []
+        for number, line in enumerate(body.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"NDJSON line {number} is not valid JSON: {exc}", code="malformed_json", details={"line": number}) from None
+        return items
+    # curl -d sends application/x-www-form-urlencoded unless told otherwise; read such a body as JSON.
+    if media not in ("application/json", "text/json", "text/plain", "application/x-www-form-urlencoded", "") and not media.endswith("+json"):
+        raise Unsupported(
+            f"content type {media!r} is not read here; send application/json or application/x-ndjson",
+            details={"content_type": media},
+        )
+    if not body.strip():
+        raise BadRequest("the body is empty; send a JSON array, a JSON object or NDJSON", code="empty_body")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON (UTF-8): {exc}", code="malformed_json") from None
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value]
+    raise BadRequest("the body must be a JSON array of objects or one object", code="not_rows")
+
+
+# ------------------------------------------------------------------------------------------------
+# Accepting
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+def accept_job(
+    store: Store,
+    dataset: Dataset,
+    operation: str,
+    items: list[Any],
+    body: bytes,
+    content_type: str,
+    *,
+    source: str = "api",
+) -> str:
+    """Store the job durably and wake the workers; the caller may then answer 202."""
+    job_id = new_job_id()
+    now = utc_now()
+    with store.write() as conn:
+        conn.execute(
+            jobs_table.insert().values(
+                id=job_id,
+                dataset_id=dataset.id,
+                dataset_name=dataset.name,
+                operation=operation,
+                status=PENDING,
+                content_type=content_type,
+                body=body,
+                source=source,
+                rows_received=len(items),
+                rows_inserted=0,
+                rows_updated=0,
+                rows_unchanged=0,
+                rows_deleted=0,
+                errors=[],
+                attempts=0,
+                created_at=now,
+            )
+        )
+        store.notify(conn, JOB_CHANNEL, job_id)
+    _handoff(store).put(job_id, items)
+    return job_id
+
+
+class _Handoff:
+    """Parsed rows of just-accepted jobs, so this process's worker need not parse the body again.
+    Bounded; after a restart the stored body is parsed instead."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._items: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def put(self, job_id: str, items: list[Any]) -> None:
+        with self._lock:
+            if len(self._items) < self._limit:
+                self._items[job_id] = items
+
+    def take(self, job_id: str) -> list[Any] | None:
+        with self._lock:
+            return self._items.pop(job_id, None)
+
+
+def _handoff(store: Store) -> _Handoff:
+    handoff = getattr(store, "_ingest_handoff", None)
+    if handoff is None:
+        handoff = _Handoff()
+        store._ingest_handoff = handoff  # type: ignore[attr-defined]
+    return handoff
+
+
+# ------------------------------------------------------------------------------------------------
+# Status
+
+
+def _status_doc(row: Any) -> dict[str, Any]:
+    doc = {
+        "jobId": row.id,
+        "dataset": row.dataset_name,
+        "status": row.status,
+        "operation": row.operation,
+        "rows_received": row.rows_received,
+        "rows_inserted": row.rows_inserted,
+        "rows_updated": row.rows_updated,
+        "rows_unchanged": row.rows_unchanged,
+        "rows_deleted": row.rows_deleted,
+        "errors": row.errors or [],
+        "reason": row.reason,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+    }
+    return doc
+
+
+_STATUS_COLUMNS = [c for c in jobs_table.c if c.name != "body"]
+
+
+def job_status(store: Store, job_id: str, dataset_name: str | None = None) -> dict[str, Any]:
+    with store.read() as conn:
+        row = conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == job_id)).first()
+    if row is None or (dataset_name is not None and row.dataset_name != dataset_name):
+        raise NotFound(f"job {job_id!r} does not exist" + (f" for dataset {dataset_name!r}" if dataset_name else ""), details={"jobId": job_id})
+    return _status_doc(row)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+class JobFailed(Exception):
+    def __init__(self, errors: list[dict[str, Any]], reason: str, total: int | None = None) -> None:
+        super().__init__(reason)
+        self.errors = errors
+        self.reason = reason
+        self.total = total if total is not None else len(errors)
+
+
+@dataclass
+class LoadCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+
+
+def _expected(column_type: str) -> str:
+    return {
+        "string": "string",
+        "integer": "integer",
+        "number": "number",
+        "boolean": "boolean (true/false)",
+        "date": "date (YYYY-MM-DD)",
+        "datetime": "datetime (ISO 8601)",
+        "json": "any JSON",
+    }[column_type]
+
+
+def _excerpt(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
+    if isinstance(value, (dict, list)):
+        text = orjson.dumps(value).decode()
+        return text if len(text) <= 200 else text[:200] + "…"
+    return value
+
+
+def validate_rows(store: Store, dataset: Dataset, items: list[Any]) -> list[dict[str, Any]]:
+    """Items -> rows keyed by physical column with encoded values; raise JobFailed listing problems."""
+    from .columns import flatten_row, validator_for
+
+    plan = [
+        (c.name, c.col, c.type, validator_for(c.type), codecs.encoder(store.dialect, c.type)) for c in dataset.columns
+    ]
+    known = {c.name for c in dataset.columns}
+    nested = dataset.nested
+    unique = set(dataset.unique_id)
+    ignore_unknown = dataset.ignore_unknown_fields
+    errors: list[dict[str, Any]] = []
+    error_count = 0
+    rows: list[dict[str, Any]] = []
+    seen_ids: dict[tuple[Any, ...], int] = {}
+    uid_cols = [c.col for c in dataset.columns if c.name in unique]
+    uid_order = [next(c.col for c in dataset.columns if c.name == n) for n in dataset.unique_id]
+
+    def fail(row: int, column: str | None, message: str, value: Any = None, expected: str | None = None) -> None:
+        nonlocal error_count
+        error_count += 1
+        if len(errors) < MAX_ERRORS_LISTED:
+            err = {"row": row, "column": column, "message": message, "value": _excerpt(value)}
+            if expected:
+                err["expected"] = expected
+            errors.append(err)
+
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            fail(index, None, "each row must be a JSON object", item)
+            continue
+        if nested and any(k in nested for k in item):
+            item = flatten_row(item, nested)
+        ok = True
+        if not ignore_unknown and len(item.keys() - known):
+            for key in sorted(item.keys() - known):
+                fail(index, key, f"the dataset has no column {key!r}", item[key])
+            ok = False
+        out: dict[str, Any] = {}
+        for name, col, ctype, validate, encode in plan:
+            value = item.get(name)
+            if value is None:
+                if name in unique:
+                    fail(index, name, "a unique-id value is required", None, _expected(ctype))
+                    ok = False
+                out[col] = None
+                continue
+            try:
+                out[col] = encode(validate(value))
+            except ValueError as exc:
+                fail(index, name, f"{exc}", value, _expected(ctype))
+                ok = False
+        if not ok:
+            continue
+        if uid_cols:
+            key = tuple(out[c] for c in uid_order)
+            first = seen_ids.get(key)
+            if first is not None:
+                fail(index, ",".join(dataset.unique_id), f"unique id repeats row {first} of the same payload", list(key))
+                continue
+            seen_ids[key] = index
+        rows.append(out)
+    if error_count:
+        raise JobFailed(errors, f"{error_count} problem(s) in the payload; nothing was loaded", error_count)
+    return rows
+
+
+def _uid_values(store: Store, dataset: Dataset, items: list[Any]) -> list[tuple[Any, ...]]:
+    """Delete requests: each item names a row by its unique id (an object, or a bare value for one column)."""
+    from .columns import validator_for
+
+    if not dataset.unique_id:
+        raise JobFailed([], f"dataset {dataset.name!r} has no unique id; use delete-all or give it a unique id")
+    cols = [dataset.column(n) for n in dataset.unique_id]
+    errors: list[dict[str, Any]] = []
+    keys = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            if len(cols) == 1 and not isinstance(item, (list, dict)):
+                item = {cols[0].name: item}
+            else:
+                errors.append({"row": index, "column": None, "message": "each item must be an object with the unique-id fields", "value": _excerpt(item)})
+                continue
+        key = []
+        for column in cols:
+            value = item.get(column.name)
+            try:
+                if value is None:
+                    raise ValueError("a unique-id value is required")
+                key.append(codecs.encoder(store.dialect, column.type)(validator_for(column.type)(value)))
+            except ValueError as exc:
+                errors.append({"row": index, "column": column.name, "message": str(exc), "value": _excerpt(value), "expected": _expected(column.type)})
+        if len(key) == len(cols):
+            keys.append(tuple(key))
+    if errors:
+        raise JobFailed(errors[:MAX_ERRORS_LISTED], f"{len(errors)} problem(s) in the payload; nothing was deleted", len(errors))
+    return keys
+
+
+def _chunks(seq: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def _uid_expr(table: sa.Table, uid_cols: list[str]) -> Any:
+    if len(uid_cols) == 1:
+        return table.c[uid_cols[0]]
+    return sa.tuple_(*[table.c[c] for c in uid_cols])
+
+
+def load_validated(store: Store, conn: sa.Connection, dataset: Dataset, rows: list[dict[str, Any]]) -> LoadCounts:
+    """Insert or upsert encoded rows inside the caller's transaction."""
+    table = store.dataset_table(dataset.physical)
+    counts = LoadCounts()
+    if not rows:
+        return counts
+    now = codecs.encoder(store.dialect, "datetime")(modification_time())
+    uid_cols = [dataset.column(n).col for n in dataset.unique_id]
+    value_cols = [c.col for c in dataset.columns]
+    if not uid_cols:
+        for row in rows:
+            row["_created"] = now
+            row["_modified"] = now
+        for chunk in _chunks(rows, 5000):
+            conn.execute(table.insert(), chunk)
+        counts.inserted = len(rows)
+        return counts
+    existing: dict[tuple[Any, ...], Any] = {}
+    uid = _uid_expr(table, uid_cols)
+    select_cols = [table.c._id, *[table.c[c] for c in value_cols]]
+    for chunk in _chunks(rows):
+        keys = [row[uid_cols[0]] for row in chunk] if len(uid_cols) == 1 else [tuple(row[c] for c in uid_cols) for row in chunk]
+        for found in conn.execute(sa.select(*select_cols).where(uid.in_(keys))):
+            mapping = found._mapping
+            existing[tuple(mapping[c] for c in uid_cols)] = found
+    inserts, updates = [], []
+    for row in rows:
+        old = existing.get(tuple(row[c] for c in uid_cols))
+        if old is None:
+            row["_created"] = now
+            row["_modified"] = now
+            inserts.append(row)
+            continue
+        mapping = old._mapping
+        if all(_same(mapping[c], row[c]) for c in value_cols):
+            counts.unchanged += 1
+            continue
+        update = {f"v_{c}": row[c] for c in value_cols}
+        update["v__modified"] = now
+        update["b_id"] = mapping["_id"]
+        updates.append(update)
+    if updates:
+        stmt = (
+            table.update()
+            .where(table.c._id == sa.bindparam("b_id"))
+            .values({c: sa.bindparam(f"v_{c}") for c in value_cols} | {"_modified": sa.bindparam("v__modified")})
+        )
+        conn.execute(stmt, updates)
+    for chunk in _chunks(inserts, 5000):
+        conn.execute(table.insert(), chunk)
+    counts.inserted = len(inserts)
+    counts.updated = len(updates)
+    return counts
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, float) or isinstance(new, float):
+        return old is not None and new is not None and float(old) == float(new)
+    if isinstance(old, str) and isinstance(new, str) and old[:1] in "[{" and new[:1] in "[{":
+        # SQLite json text: compare values, not spelling.
+        try:
+            return bool(orjson.loads(old) == orjson.loads(new))
+        except orjson.JSONDecodeError:
+            return old == new
+    return bool(old == new)
+
+
+def delete_keys(store: Store, conn: sa.Connection, dataset: Dataset, keys: list[tuple[Any, ...]]) -> int:
+    table = store.dataset_table(dataset.physical)
+    uid_cols = [dataset.column(n).col for n in dataset.unique_id]
+    uid = _uid_expr(table, uid_cols)
+    deleted = 0
+    for chunk in _chunks(keys):
+        values = [k[0] for k in chunk] if len(uid_cols) == 1 else chunk
+        deleted += conn.execute(table.delete().where(uid.in_(values))).rowcount or 0
+    return deleted
+
+
+def _set_status(store: Store, job_id: str, **values: Any) -> None:
+    with store.write() as conn:
+        conn.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(**values))
+
+
+JOB_DONE_CHANNEL = "pushbase_job_done"
+
+
+def _finish(store: Store, conn: sa.Connection, job_id: str, status: str, **values: Any) -> None:
+    conn.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(status=status, finished_at=utc_now(), lease_owner=None, **values))
+    store.notify(conn, JOB_DONE_CHANNEL, job_id)
+
+
+def claim_job(store: Store, owner: str, job_id: str | None = None) -> Any | None:
+    """Lease the oldest waiting job (or one whose lease expired after a crash)."""
+    now = utc_now()
+    with store.write() as conn:
+        query = sa.select(jobs_table.c.id, jobs_table.c.attempts).where(
+            sa.or_(
+                jobs_table.c.status == PENDING,
+                sa.and_(jobs_table.c.status.in_(["Validating", "Loading"]), jobs_table.c.lease_expires_at < now),
+            )
+        )
+        if job_id is not None:
+            query = query.where(jobs_table.c.id == job_id)
+        row = conn.execute(store.skip_locked(query.order_by(jobs_table.c.seq).limit(1))).first()
+        if row is None:
+            return None
+        if row.attempts >= MAX_ATTEMPTS:
+            _finish(store, conn, row.id, "TerminatedExit", reason=f"the job was interrupted {row.attempts} times; giving up")
+            return claim_job(store, owner, job_id) if job_id is None else None
+        conn.execute(
+            jobs_table.update()
+            .where(jobs_table.c.id == row.id)
+            .values(status="Validating", lease_owner=owner, lease_expires_at=now + LEASE, attempts=row.attempts + 1, started_at=now)
+        )
+        return conn.execute(sa.select(jobs_table).where(jobs_table.c.id == row.id)).first()
+
+
+def run_job(store: Store, job: Any) -> dict[str, Any]:
+    """Validate and load one claimed job; records and returns its final status document."""
+    job_id = job.id
+    try:
+        with store.read() as conn:
+            dataset = get_dataset_by_id(store, job.dataset_id, conn)
+    except NotFound:
+        with store.write() as conn:
+            _finish(store, conn, job_id, "TerminatedExit", reason="the dataset was deleted before the job ran")
+        return job_status(store, job_id)
+    try:
+        items = _handoff(store).take(job_id)
+        if items is None:
+            items = parse_payload(job.body or b"", job.content_type) if job.operation != "delete_all" else []
+        if job.operation == "load":
+            rows = validate_rows(store, dataset, items)
+        elif job.operation == "delete":
+            keys = _uid_values(store, dataset, items)
+        _set_status(store, job_id, status="Loading")
+        with store.write() as conn:
+            store.lock_dataset(conn, dataset.id)
+            # The dataset may have changed (columns added) between validation and now.
+            current = get_dataset_by_id(store, dataset.id, conn)
+            if current.columns != dataset.columns or current.unique_id != dataset.unique_id:
+                raise JobFailed([], "the dataset's columns changed while the job waited; send it again")
+            counts = LoadCounts()
+            if job.operation == "load":
+                counts = load_validated(store, conn, dataset, rows)
+            elif job.operation == "delete":
+                counts.deleted = delete_keys(store, conn, dataset, keys)
+            else:
+                table = store.dataset_table(dataset.physical)
+                counts.deleted = conn.execute(table.delete()).rowcount or 0
+            _finish(
+                store,
+                conn,
+                job_id,
+                "Complete",
+                rows_inserted=counts.inserted,
+                rows_updated=counts.updated,
+                rows_unchanged=counts.unchanged,
+                rows_deleted=counts.deleted,
+                body=None,
+            )
+            if counts.inserted or counts.updated or counts.deleted:
+                store.notify(conn, DATA_CHANNEL, str(dataset.id))
+    except JobFailed as failed:
+        with store.write() as conn:
+            _finish(store, conn, job_id, "ErrorExit", errors=failed.errors, reason=failed.reason, body=None)
+    except (BadRequest, Invalid) as exc:
+        with store.write() as conn:
+            _finish(store, conn, job_id, "ErrorExit", errors=[], reason=exc.message, body=None)
+    except Exception as exc:  # noqa: BLE001 - a job must end with a reason, never hang in Loading
+        log.exception("job %s failed unexpectedly", job_id)
+        with store.write() as conn:
+            _finish(store, conn, job_id, "TerminatedExit", reason=f"internal error: {type(exc).__name__}", body=None)
+    return job_status(store, job_id)
+
+
+def recover_orphaned_jobs(store: Store) -> int:
+    """Expire at once the leases of in-flight jobs whose process on this host is gone (kill -9)."""
+    with store.write() as conn:
+        rows = conn.execute(
+            sa.select(jobs_table.c.id, jobs_table.c.lease_owner).where(jobs_table.c.status.in_(["Validating", "Loading"]))
+        ).all()
+        orphans = [r.id for r in rows if owner_is_dead(r.lease_owner)]
+        if orphans:
+            conn.execute(jobs_table.update().where(jobs_table.c.id.in_(orphans)).values(lease_expires_at=utc_now() - LEASE))
+    return len(orphans)
+
+
+def run_next_job(store: Store, owner: str, job_id: str | None = None) -> dict[str, Any] | None:
+    job = claim_job(store, owner, job_id)
+    if job is None:
+        return None
+    return run_job(store, job)
+
+
+def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: str) -> dict[str, Any]:
+    """Load rows through a job and run it at once (tasks' ``load``): same checks, same status document."""
+    dataset = get_dataset(store, dataset_name)
+    body = orjson.dumps(rows)
+    job_id = accept_job(store, dataset, "load", rows, body, "application/json", source=source)
+    result = run_next_job(store, f"inline-{os.getpid()}", job_id)
+    return result or job_status(store, job_id)
+
+
+class IngestWorker:
+    """Background threads that run waiting jobs; woken by accepted jobs, and polling as a fallback."""
+
+    def __init__(self, store: Store, *, threads: int | None = None, poll_seconds: float = 1.0) -> None:
+        self.store = store
+        self.owner = new_owner("ingest")
+        self.threads = threads or (1 if store.dialect == "sqlite" else 2)
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def _on_notify(self, channel: str, _payload: str) -> None:
+        if channel == JOB_CHANNEL:
+            self._wake.set()
+
+    def start(self) -> None:
+        recover_orphaned_jobs(self.store)
+        self.store.add_listener(self._on_notify)
+        for i in range(self.threads):
+            thread = threading.Thread(target=self._loop, name=f"pushbase-ingest-{i}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.store.remove_listener(self._on_notify)
+        for thread in self._workers:
+            thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                done = run_next_job(self.store, self.owner)
+            except Exception:  # noqa: BLE001 - keep the worker alive; the job's lease brings it back
+                log.exception("ingest worker error")
+                done = None
+                self._stop.wait(1.0)
+            if done is None:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()

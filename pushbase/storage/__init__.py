@@ -1,0 +1,229 @@
+"""Storage behind one small interface, with two engines: SQLite (embedded default) and PostgreSQL.
+
+``open_store(target)`` takes a SQLite file path (or ``sqlite:///...``) or a ``postgresql://`` URL and
+returns a ``Store``. Everything above this package talks to the database through ``Store.read()`` and
+``Store.write()`` (SQLAlchemy Core connections inside a transaction) and never checks which engine it
+is, except through the few engine-specific helpers here (``lock_dataset``, ``notify``, ``skip_locked``).
+
+SQLite runs in WAL mode; writes go through a single pooled connection that starts ``BEGIN IMMEDIATE``,
+so writers queue in-process instead of failing with "database is locked"; reads use their own pool and
+see a consistent snapshot without blocking writers.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from . import codecs, schema
+
+__all__ = ["Store", "open_store", "DatasetColumns", "schema", "codecs"]
+
+DEFAULT_DB = "./pushbase.db"
+
+
+@dataclass(frozen=True)
+class DatasetColumns:
+    """What the engine needs to know to build a dataset's table: its id and [(name, type, col)]."""
+
+    id: int
+    columns: tuple[tuple[str, str, str], ...]
+    unique_cols: tuple[str, ...]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+        self._table_cache: dict[tuple[int, tuple[tuple[str, str, str], ...]], sa.Table] = {}
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._listeners_lock = threading.Lock()
+        if self.dialect == "sqlite":
+            self.write_engine, self.read_engine = _sqlite_engines(url)
+        else:
+            engine = sa.create_engine(
+                _pg_sqlalchemy_url(url),
+                pool_size=int(os.environ.get("PUSHBASE_PG_POOL", "10")),
+                max_overflow=20,
+                pool_pre_ping=True,
+                json_serializer=lambda v: orjson.dumps(v).decode(),
+                json_deserializer=orjson.loads,
+            )
+            self.write_engine = self.read_engine = engine
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with self.read_engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        with self.write_engine.begin() as conn:
+            yield conn
+
+    def upgrade(self) -> int:
+        """Create or upgrade the metadata schema; returns the version found before."""
+        with self.write() as conn:
+            if self.dialect == "postgresql":
+                # Several processes may start at once against one PostgreSQL: upgrade one at a time.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727400001)"))
+            return schema.upgrade(conn)
+
+    def close(self) -> None:
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()
+
+    # -- engine-specific helpers ----------------------------------------------------------------
+
+    def lock_dataset(self, conn: sa.Connection, dataset_id: int) -> None:
+        """Serialise writers of one dataset (PostgreSQL); SQLite's write lock already does."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(727400002, :id)"), {"id": dataset_id})
+
+    def skip_locked(self, select: sa.Select) -> sa.Select:
+        if self.dialect == "postgresql":
+            return select.with_for_update(skip_locked=True)
+        return select
+
+    def notify(self, conn: sa.Connection, channel: str, payload: str = "") -> None:
+        """Wake workers: PostgreSQL NOTIFY (sent on commit), plus in-process listeners after commit."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+        def fire(_conn: sa.Connection) -> None:
+            self.fire_local(channel, payload)
+
+        # Only after commit: a woken worker must see the rows.
+        if conn.in_transaction():
+            event.listen(conn, "commit", fire, once=True)
+        else:
+            self.fire_local(channel, payload)
+
+    def fire_local(self, channel: str, payload: str = "") -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(channel, payload)
+
+    def add_listener(self, listener: Callable[[str, str], None]) -> None:
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[str, str], None]) -> None:
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    # -- dataset tables -----------------------------------------------------------------------
+
+    def dataset_table(self, ds: DatasetColumns) -> sa.Table:
+        """The SQLAlchemy Table of a dataset: ``ds_<id>`` with ``_id``, ``_created``, ``_modified``, ``c<n>``."""
+        key = (ds.id, ds.columns)
+        table = self._table_cache.get(key)
+        if table is None:
+            md = sa.MetaData()
+            id_type = sa.Integer() if self.dialect == "sqlite" else sa.BigInteger()
+            id_args: list[Any] = [sa.Identity()] if self.dialect == "postgresql" else []
+            cols: list[Any] = [
+                sa.Column("_id", id_type, *id_args, primary_key=True, autoincrement=True),
+                sa.Column("_created", codecs.sql_type(self.dialect, "datetime"), nullable=False),
+                sa.Column("_modified", codecs.sql_type(self.dialect, "datetime"), nullable=False),
+            ]
+            cols += [sa.Column(col, codecs.sql_type(self.dialect, ctype)) for _, ctype, col in ds.columns]
+            table = sa.Table(f"ds_{ds.id}", md, *cols)
+            self._table_cache[key] = table
+        return table
+
+    def create_dataset_table(self, conn: sa.Connection, ds: DatasetColumns) -> None:
+        table = self.dataset_table(ds)
+        table.create(conn)
+        sa.Index(f"ds_{ds.id}_modified", table.c._modified).create(conn)
+        if ds.unique_cols:
+            sa.Index(f"ds_{ds.id}_uid", *[table.c[c] for c in ds.unique_cols], unique=True).create(conn)
+
+    def add_dataset_columns(self, conn: sa.Connection, ds: DatasetColumns, new: list[tuple[str, str, str]]) -> None:
+        ddl_compiler = conn.dialect.ddl_compiler(conn.dialect, None)
+        for _, ctype, col in new:
+            column = sa.Column(col, codecs.sql_type(self.dialect, ctype))
+            spec = ddl_compiler.get_column_specification(column)
+            # Physical names are generated (c<n>) and types come from a fixed table: no user text here.
+            conn.execute(sa.text(f'ALTER TABLE "ds_{ds.id}" ADD COLUMN {spec}'))
+
+    def drop_dataset_table(self, conn: sa.Connection, dataset_id: int) -> None:
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "ds_{int(dataset_id)}"'))
+
+    def ensure_index(self, conn: sa.Connection, ds: DatasetColumns, col: str) -> None:
+        """An index on one physical column (log-time fields, filtered columns); idempotent."""
+        name = f"ds_{ds.id}_{col}"
+        if not any(ix["name"] == name for ix in sa.inspect(conn).get_indexes(f"ds_{ds.id}")):
+            table = self.dataset_table(ds)
+            sa.Index(name, table.c[col]).create(conn)
+
+
+def _pg_sqlalchemy_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    if path != ":memory:":
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+    sa_url = f"sqlite:///{path}"
+
+    def make(pool_size: int, begin: str) -> sa.Engine:
+        engine = sa.create_engine(
+            sa_url,
+            connect_args={"check_same_thread": False, "timeout": 60},
+            poolclass=sa.pool.QueuePool,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=120,
+            json_serializer=lambda v: orjson.dumps(v).decode(),
+            json_deserializer=orjson.loads,
+        )
+
+        @event.listens_for(engine, "connect")
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE can be issued.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA cache_size=-65536")
+            cur.execute("PRAGMA temp_store=MEMORY")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return make(1, "BEGIN IMMEDIATE"), make(8, "BEGIN")
+
+
+def resolve_db(target: str | None) -> str:
+    """``--db`` / ``PUSHBASE_DB`` / default, as a URL or path the Store understands."""
+    return target or os.environ.get("PUSHBASE_DB") or DEFAULT_DB
+
+
+def open_store(target: str | None = None, *, upgrade: bool = True) -> Store:
+    store = Store(resolve_db(target))
+    if upgrade:
+        store.upgrade()
+    return store
