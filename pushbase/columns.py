@@ -13,6 +13,7 @@ Accepted coercions (everything else is refused, see docs/datasets.md):
 - date: ISO 8601 ``YYYY-MM-DD`` strings.
 - datetime: ISO 8601 strings with date and time; a missing offset means UTC; stored in UTC.
 - json: any JSON value (arrays, objects, scalars).
+- Text (and JSON) may not contain U+0000, which PostgreSQL cannot store; refused on both engines.
 - ``null`` is accepted for every column except the unique identifier.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
+
+import orjson
 
 from .errors import Invalid
 
@@ -192,6 +195,9 @@ def parse_datetime(value: str) -> dt.datetime:
 
 def _string(value: Any) -> str:
     if isinstance(value, str):
+        if "\x00" in value:
+            # PostgreSQL text cannot hold U+0000; refuse it on both engines alike.
+            raise ValueError("text may not contain the NUL character (U+0000)")
         return value
     raise ValueError("expected a string")
 
@@ -241,6 +247,8 @@ def _datetime(value: Any) -> dt.datetime:
 
 
 def _json(value: Any) -> Any:
+    if isinstance(value, (dict, list, str)) and "\\u0000" in orjson.dumps(value).decode():
+        raise ValueError("JSON text may not contain the NUL character (U+0000)")
     return value
 
 

@@ -1,0 +1,192 @@
+"""A view as a query: its fields (dataset columns, system fields, calculations), filters, sort and paging.
+
+``ViewQuery`` is built from a dataset and a view definition; building it checks everything (unknown
+fields, formula errors, filter values) so that saving a view fails early with a 4xx. The same object
+serves the pull API (pages and streams) and the push engine (which also needs the row's
+``_modified`` marker to stamp exactly what it delivered).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import sqlalchemy as sa
+
+from ..columns import SYSTEM_FIELDS, validator_for
+from ..datasets import Dataset, suggest
+from ..errors import Invalid
+from ..rows import RowDecoder, decode_cursor, encode_cursor, page_limit
+from ..storage import Store, codecs
+from .filters import parse_filters
+from .formulas import FieldRef, compile_calculations
+
+__all__ = ["ViewQuery", "base_fields", "STREAM_BATCH"]
+
+STREAM_BATCH = 2000
+
+
+def base_fields(store: Store, dataset: Dataset, table: sa.Table) -> dict[str, FieldRef]:
+    """Every field a formula or filter may name: the dataset's columns and its system fields."""
+    fields = {c.name: FieldRef(c.name, c.type, table.c[c.col]) for c in dataset.columns}
+    fields["row id [auto]"] = FieldRef("row id [auto]", SYSTEM_FIELDS["row id [auto]"], table.c._id)
+    fields["created [auto]"] = FieldRef("created [auto]", "datetime", table.c._created)
+    fields["last modified [auto]"] = FieldRef("last modified [auto]", "datetime", table.c._modified)
+    return fields
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: FieldRef
+    descending: bool
+
+
+class ViewQuery:
+    def __init__(self, store: Store, dataset: Dataset, definition: dict[str, Any]) -> None:
+        self.store = store
+        self.dataset = dataset
+        self.table = store.dataset_table(dataset.physical)
+        fields = base_fields(store, dataset, self.table)
+        calcs = definition.get("calculations") or []
+        pairs = [(c["name"], c["formula"]) for c in calcs]
+        self.calculations = compile_calculations(pairs, fields, store.dialect) if pairs else {}
+        self.fields: dict[str, FieldRef] = {**fields, **self.calculations}
+        self.output = self._output_fields(definition.get("columns"))
+        self.filter_definitions = list(definition.get("filters") or [])
+        self.conditions = parse_filters(self.filter_definitions, self.fields, store.dialect)
+        self.sort = self._sort_keys(definition.get("sort") or [])
+        limit = definition.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise Invalid("limit must be a positive integer or null", code="invalid_view")
+        self.limit: int | None = limit
+        self.decoder = RowDecoder(store.dialect, [(f.name, f.type) for f in self.output])
+
+    # -- definition checks -------------------------------------------------------------------
+
+    def _field(self, name: Any, where: str) -> FieldRef:
+        if not isinstance(name, str) or name not in self.fields:
+            hint = suggest(str(name), list(self.fields))
+            raise Invalid(
+                f"{where}: unknown field {name!r}" + (f"; did you mean {hint!r}?" if hint else ""),
+                code="unknown_field",
+                details={"field": name, "suggestion": hint},
+            )
+        return self.fields[name]
+
+    def _output_fields(self, columns: Sequence[str] | None) -> list[FieldRef]:
+        if columns is None:
+            chosen = [self.fields[c.name] for c in self.dataset.columns]
+        else:
+            chosen = [self._field(name, f"columns[{i}]") for i, name in enumerate(columns)]
+            if len({f.name for f in chosen}) != len(chosen):
+                raise Invalid("columns names a field twice", code="invalid_view")
+        names = {f.name for f in chosen}
+        # Calculations are columns of the view: listed ones keep their place, the others follow.
+        return chosen + [calc for name, calc in self.calculations.items() if name not in names]
+
+    def _sort_keys(self, sort: Sequence[Any]) -> list[SortKey]:
+        keys = []
+        for i, item in enumerate(sort):
+            if isinstance(item, str):
+                item = {"field": item}
+            if not isinstance(item, dict):
+                raise Invalid(f"sort[{i}] must be {{field, direction}}", code="invalid_view")
+            field = self._field(item.get("field"), f"sort[{i}]")
+            if field.type == "json":
+                raise Invalid(f"sort[{i}]: json field {field.name!r} cannot be sorted", code="invalid_view")
+            direction = item.get("direction", "asc")
+            if direction not in ("asc", "desc"):
+                raise Invalid(f"sort[{i}].direction must be asc or desc", code="invalid_view")
+            keys.append(SortKey(field, direction == "desc"))
+        return keys
+
+    def indexable_columns(self) -> list[str]:
+        """Physical columns that filters and sorts name directly: worth an index (e.g. the log-time field)."""
+        physical = {c.name: c.col for c in self.dataset.columns}
+        names = [f.get("field") for f in self.filter_definitions if isinstance(f, dict)]
+        names += [k.field.name for k in self.sort]
+        return sorted({physical[n] for n in names if n in physical})
+
+    # -- SQL ------------------------------------------------------------------------------------
+
+    def _order_by(self) -> list[Any]:
+        order: list[Any] = []
+        for key in self.sort:
+            # NULLs last in both directions on both engines, made explicit so paging can rely on it.
+            order.append(sa.case((key.field.expr.is_(None), 1), else_=0))
+            order.append(key.field.expr.desc() if key.descending else key.field.expr.asc())
+        order.append(self.table.c._id.asc())
+        return order
+
+    def _after(self, cursor: str) -> Any:
+        values = decode_cursor(cursor)[:-1]  # the last element is the count of rows already given
+        if len(values) != len(self.sort) + 1 or not isinstance(values[-1], int):
+            raise Invalid("the 'after' cursor does not belong to this view", code="invalid_cursor")
+        try:
+            encoded = [
+                None if v is None else codecs.encoder(self.store.dialect, k.field.type)(validator_for(k.field.type)(v))
+                for k, v in zip(self.sort, values)
+            ]
+        except ValueError:
+            raise Invalid("the 'after' cursor does not belong to this view", code="invalid_cursor") from None
+        keys: list[tuple[Any, Any]] = []  # (equal, after) conditions per key, then _id
+        for key, value in zip(self.sort, encoded):
+            expr = key.field.expr
+            if value is None:
+                keys.append((expr.is_(None), sa.false()))
+            else:
+                beyond = expr < value if key.descending else expr > value
+                keys.append((expr == value, sa.or_(beyond, expr.is_(None))))
+        keys.append((self.table.c._id == values[-1], self.table.c._id > values[-1]))
+        alternatives = []
+        for i, (_, after) in enumerate(keys):
+            alternatives.append(sa.and_(*[eq for eq, _ in keys[:i]], after))
+        return sa.or_(*alternatives)
+
+    def select(self, *, extra: Sequence[Any] = (), with_order: bool = True) -> sa.Select:
+        columns = [self.table.c._id, *[f.expr.label(f"f{i}") for i, f in enumerate(self.output)], *extra]
+        query = sa.select(*columns).select_from(self.table)
+        if self.conditions:
+            query = query.where(*self.conditions)
+        if with_order:
+            query = query.order_by(*self._order_by())
+        return query
+
+    def _cursor_for(self, row: dict[str, Any], raw: Any, seen: int) -> str:
+        values: list[Any] = []
+        for key in self.sort:
+            value = raw._mapping.get(f"s_{key.field.name}")
+            values.append(None if value is None else codecs.decoder(self.store.dialect, key.field.type)(value))
+        return encode_cursor([*values, row["_id"], seen])
+
+    def page(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> dict[str, Any]:
+        """One page of rows and the cursor of the next (``None`` at the end)."""
+        size = page_limit(limit)
+        seen = 0
+        sort_cols = [k.field.expr.label(f"s_{k.field.name}") for k in self.sort]
+        query = self.select(extra=sort_cols)
+        if after:
+            query = query.where(self._after(after))
+            seen = decode_cursor(after)[-1]
+            if not isinstance(seen, int) or seen < 0:
+                raise Invalid("the 'after' cursor does not belong to this view", code="invalid_cursor")
+        if self.limit is not None:
+            # The view's own limit caps the whole result, not each page.
+            size = min(size, max(self.limit - seen, 0))
+            if size == 0:
+                return {"rows": [], "next": None}
+        result = conn.execute(query.limit(size + 1)).all()
+        rows = [self.decoder(r[: len(self.output) + 1]) for r in result[:size]]
+        more = len(result) > size and (self.limit is None or seen + size < self.limit)
+        nxt = self._cursor_for(rows[-1], result[size - 1], seen + size) if more and rows else None
+        return {"rows": rows, "next": nxt}
+
+    def stream(self, conn: sa.Connection, batch: int = STREAM_BATCH) -> Iterator[list[dict[str, Any]]]:
+        """Every row of the view, in batches, without holding the result in memory."""
+        query = self.select()
+        if self.limit is not None:
+            query = query.limit(int(self.limit))
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+        decode = self.decoder
+        for part in result.partitions(batch):
+            yield [decode(r) for r in part]
+

@@ -1,0 +1,113 @@
+"""/api/views: saved views and the pull API (JSON pages, NDJSON and CSV streams)."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Iterator
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ...errors import Invalid
+from ...keys import Principal
+from ...views import store as views
+from ..common import JSONAnswer, principal, read_object, store_of, threaded
+
+router = APIRouter(tags=["views"])
+
+
+@router.get("/api/views", summary="List views")
+async def list_views(request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+    found = await threaded(views.list_views, store_of(request))
+    return JSONAnswer({"views": [v.to_json() for v in found if who.allows(f"read:{v.name}")]})
+
+
+@router.post("/api/views", status_code=201, summary="Create a view: columns, calculations, filters, sort, limit")
+async def create_view(request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+    who.require_admin()
+    body = await read_object(request)
+    view = await threaded(views.create_view, store_of(request), body)
+    return JSONAnswer(view.to_json(), status_code=201)
+
+
+@router.get("/api/views/{view}", summary="A view's definition")
+async def get_view(view: str, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+    who.require(f"read:{view}")
+    return JSONAnswer((await threaded(views.get_view, store_of(request), view)).to_json())
+
+
+@router.patch("/api/views/{view}", summary="Change a view")
+async def patch_view(view: str, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+    who.require_admin()
+    body = await read_object(request)
+    return JSONAnswer((await threaded(views.update_view, store_of(request), view, body)).to_json())
+
+
+@router.delete("/api/views/{view}", summary="Delete a view (refused while pushes use it, unless cascade=true)")
+async def delete_view(view: str, request: Request, cascade: bool = False, who: Principal = Depends(principal)) -> JSONAnswer:
+    who.require_admin()
+    await threaded(views.delete_view, store_of(request), view, cascade=cascade)
+    return JSONAnswer({"deleted": view})
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _stream(request: Request, view_name: str, fmt: str) -> Iterator[bytes]:
+    """Generator run in a thread by Starlette: holds one read transaction, yields batches of encoded rows."""
+    store = store_of(request)
+    with store.read() as conn:
+        view = views.get_view(store, view_name, conn)
+        query = views.view_query(store, view, conn)
+        header = ["_id", *[f.name for f in query.output]]
+        if fmt == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(header)
+            yield buffer.getvalue().encode()
+        for batch in query.stream(conn):
+            if fmt == "ndjson":
+                yield b"".join(orjson.dumps(row) + b"\n" for row in batch)
+            else:
+                buffer = io.StringIO()
+                writer = csv.writer(buffer)
+                writer.writerows([[_csv_value(v) for v in row.values()] for row in batch])
+                yield buffer.getvalue().encode()
+
+
+@router.get("/api/views/{view}/rows", summary="Pull a view: format=json (pages), ndjson or csv (streams)")
+async def view_rows(
+    view: str,
+    request: Request,
+    format: str = Query("json", pattern="^(json|ndjson|csv)$"),
+    limit: int | None = None,
+    after: str | None = None,
+    who: Principal = Depends(principal),
+) -> Any:
+    who.require(f"read:{view}")
+    store = store_of(request)
+    if format == "json":
+
+        def page() -> dict[str, Any]:
+            with store.read() as conn:
+                found = views.get_view(store, view, conn)
+                return views.view_query(store, found, conn).page(conn, limit=limit, after=after)
+
+        return JSONAnswer(await threaded(page))
+    if after is not None:
+        raise Invalid("ndjson and csv stream every row; 'after' is for format=json pages", code="invalid_request")
+    # Check the view exists before the stream starts, so an error is still a proper 404.
+    await threaded(views.get_view, store, view)
+    media = "application/x-ndjson" if format == "ndjson" else "text/csv; charset=utf-8"
+    headers = {"content-disposition": f'attachment; filename="{view}.csv"'} if format == "csv" else {}
+    return StreamingResponse(_stream(request, view, format), media_type=media, headers=headers)

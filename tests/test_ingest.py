@@ -1,0 +1,228 @@
+"""The inbound Push API: jobs, statuses, all-or-nothing rules, bad input, concurrency, Qrvey shapes."""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import orjson
+import pytest
+
+from pushbase.keys import create_key
+
+COLS = [
+    {"name": "order_id", "type": "integer"},
+    {"name": "customer", "type": "string"},
+    {"name": "total", "type": "number"},
+    {"name": "paid", "type": "boolean"},
+    {"name": "day", "type": "date"},
+    {"name": "at", "type": "datetime"},
+    {"name": "meta", "type": "json"},
+]
+
+
+@pytest.fixture
+def orders(api):
+    r = api.post("/api/datasets", json={"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    assert r.status_code == 201, r.text
+    return api
+
+
+def wait_job(api, dataset: str, job_id: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        doc = api.get(f"/api/datasets/{dataset}/data/{job_id}/status").json()
+        if doc["status"] in ("Complete", "ErrorExit", "TerminatedExit"):
+            return doc
+        time.sleep(0.05)
+    raise AssertionError("job did not end")
+
+
+def test_202_job_id_then_status_complete(orders):
+    r = orders.post("/api/datasets/orders/data", json=[{"order_id": 1, "customer": "a"}, {"order_id": 2}])
+    assert r.status_code == 202
+    job_id = r.json()["jobId"]
+    doc = wait_job(orders, "orders", job_id)
+    assert doc["status"] == "Complete" and doc["operation"] == "load"
+    assert (doc["rows_received"], doc["rows_inserted"], doc["rows_updated"]) == (2, 2, 0)
+
+
+def test_single_object_and_ndjson_bodies(orders):
+    assert orders.load("orders", {"order_id": 1})["rows_inserted"] == 1
+    body = b'{"order_id": 2}\n\n{"order_id": 3, "paid": true}\n'
+    r = orders.post("/api/datasets/orders/data?wait=true", content=body, headers={"content-type": "application/x-ndjson"})
+    assert r.json()["rows_inserted"] == 2
+    assert len(orders.all_rows("/api/datasets/orders/rows")) == 3
+
+
+def test_upsert_on_unique_id_and_unchanged_rows_keep_last_modified(orders):
+    orders.load("orders", [{"order_id": 1, "customer": "a"}, {"order_id": 2, "customer": "b"}])
+    before = {r["order_id"]: r for r in orders.all_rows("/api/datasets/orders/rows")}
+    doc = orders.load("orders", [{"order_id": 1, "customer": "A"}, {"order_id": 2, "customer": "b"}, {"order_id": 3}])
+    assert (doc["rows_inserted"], doc["rows_updated"], doc["rows_unchanged"]) == (1, 1, 1)
+    after = {r["order_id"]: r for r in orders.all_rows("/api/datasets/orders/rows")}
+    assert after[1]["customer"] == "A"
+    assert after[1]["last modified [auto]"] > before[1]["last modified [auto]"]
+    assert after[1]["created [auto]"] == before[1]["created [auto]"]
+    assert after[2]["last modified [auto]"] == before[2]["last modified [auto]"]
+    assert after[1]["_id"] == before[1]["_id"]
+
+
+def test_without_unique_id_rows_append(api):
+    api.post("/api/datasets", json={"name": "log", "columns": [{"name": "msg", "type": "string"}]})
+    api.load("log", [{"msg": "a"}])
+    api.load("log", [{"msg": "a"}])
+    assert len(api.all_rows("/api/datasets/log/rows")) == 2
+
+
+def test_type_mismatch_fails_the_whole_job_with_named_errors(orders):
+    orders.load("orders", [{"order_id": 1, "customer": "keep"}])
+    doc = orders.load(
+        "orders",
+        [
+            {"order_id": 2, "customer": "fine"},
+            {"order_id": 3, "total": "12.5"},
+            {"order_id": 4, "day": "01/02/2024"},
+            {"order_id": 5, "paid": "yes"},
+        ],
+    )
+    assert doc["status"] == "ErrorExit"
+    errors = {(e["row"], e["column"]): e for e in doc["errors"]}
+    assert errors[(1, "total")]["expected"] == "number" and errors[(1, "total")]["value"] == "12.5"
+    assert (2, "day") in errors and (3, "paid") in errors
+    rows = orders.all_rows("/api/datasets/orders/rows")
+    assert [r["order_id"] for r in rows] == [1]
+
+
+@pytest.mark.parametrize(
+    "payload, column, fragment",
+    [
+        ([{"customer": "no id"}], "order_id", "unique-id value is required"),
+        ([{"order_id": 1}, {"order_id": 1}], "order_id", "repeats row 0"),
+        ([{"order_id": 1, "colour": "red"}], "colour", "no column"),
+        ([{"order_id": 1.5}], "order_id", "integer"),
+        ([{"order_id": True}], "order_id", "integer"),
+        ([{"order_id": 1, "at": "yesterday"}], "at", "ISO 8601"),
+        (["not an object"], None, "JSON object"),
+    ],
+)
+def test_job_rules(orders, payload, column, fragment):
+    doc = orders.load("orders", payload)
+    assert doc["status"] == "ErrorExit", doc
+    assert any(e["column"] == column and fragment in e["message"] for e in doc["errors"]), doc["errors"]
+    assert orders.all_rows("/api/datasets/orders/rows") == []
+
+
+def test_accepted_coercions(orders):
+    doc = orders.load("orders", [{"order_id": 1.0, "total": 3, "at": "2024-05-01T12:00:00+02:00", "day": "2024-05-01", "meta": {"a": [1]}}])
+    assert doc["status"] == "Complete", doc
+    row = orders.get("/api/datasets/orders/rows").json()["rows"][0]
+    assert row["order_id"] == 1 and row["total"] == 3.0
+    assert row["at"] == "2024-05-01T10:00:00.000000Z"
+    assert row["meta"] == {"a": [1]}
+
+
+def test_ignore_unknown_fields_option(orders):
+    orders.patch("/api/datasets/orders", json={"ignore_unknown_fields": True})
+    assert orders.load("orders", [{"order_id": 1, "colour": "red"}])["status"] == "Complete"
+
+
+def test_delete_by_unique_id_and_delete_all(orders):
+    orders.load("orders", [{"order_id": i} for i in range(1, 6)])
+    r = orders.post("/api/datasets/orders/data/delete?wait=true", json=[{"order_id": 2}, {"order_id": 4}, {"order_id": 99}])
+    doc = r.json()
+    assert doc["status"] == "Complete" and doc["operation"] == "delete" and doc["rows_deleted"] == 2
+    assert [r["order_id"] for r in orders.all_rows("/api/datasets/orders/rows")] == [1, 3, 5]
+    bad = orders.post("/api/datasets/orders/data/delete?wait=true", json=[{"order_id": "x"}]).json()
+    assert bad["status"] == "ErrorExit" and bad["errors"][0]["column"] == "order_id"
+    doc = orders.post("/api/datasets/orders/data/delete-all?wait=true").json()
+    assert doc["status"] == "Complete" and doc["rows_deleted"] == 3
+    assert orders.get("/api/datasets/orders").json()["row_count"] == 0
+
+
+def test_delete_needs_a_unique_id(api):
+    api.post("/api/datasets", json={"name": "log", "columns": [{"name": "msg", "type": "string"}]})
+    doc = api.post("/api/datasets/log/data/delete?wait=true", json=[{"msg": "a"}]).json()
+    assert doc["status"] == "ErrorExit" and "unique id" in doc["reason"]
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, code",
+    [
+        (b'[{"order_id": 1,', "application/json", 400, "malformed_json"),
+        (b"\xff\xfe[{}]", "application/json", 400, "malformed_json"),
+        (b"[" * 5000 + b"]" * 5000, "application/json", 400, "malformed_json"),
+        (b"", "application/json", 400, "empty_body"),
+        (b"42", "application/json", 400, "not_rows"),
+        (b"<xml/>", "application/xml", 415, "unsupported_media_type"),
+        (b'{"order_id": 1}\nnope\n', "application/x-ndjson", 400, "malformed_json"),
+    ],
+)
+def test_bad_bodies_are_clear_4xx(orders, body, content_type, status, code):
+    r = orders.post("/api/datasets/orders/data", content=body, headers={"content-type": content_type})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_body_over_the_limit_is_413_and_loses_nothing(orders):
+    orders.load("orders", [{"order_id": 1}])
+    big = orjson.dumps([{"order_id": i, "customer": "x" * 1000} for i in range(3000)])
+    r = orders.post("/api/datasets/orders/data", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert len(orders.all_rows("/api/datasets/orders/rows")) == 1
+
+
+def test_odd_unicode_and_huge_strings_round_trip(orders):
+    odd = "naïve ☃ \u202e rtl \U0001f600 \ud7ff 'quote\" --"
+    huge = "z" * 500_000
+    doc = orders.load("orders", [{"order_id": 1, "customer": odd}, {"order_id": 2, "customer": huge}])
+    assert doc["status"] == "Complete", doc
+    rows = {r["order_id"]: r["customer"] for r in orders.all_rows("/api/datasets/orders/rows")}
+    assert rows[1] == odd and rows[2] == huge
+    # PostgreSQL cannot store U+0000: refused on both engines, with the row and column named.
+    nul = orders.load("orders", [{"order_id": 3, "customer": "a\x00b"}, {"order_id": 4, "meta": {"k": "\x00"}}])
+    assert nul["status"] == "ErrorExit"
+    assert {(e["row"], e["column"]) for e in nul["errors"]} == {(0, "customer"), (1, "meta")}
+
+
+def test_unknown_dataset_and_job(orders):
+    assert orders.post("/api/datasets/nope/data", json=[{}]).status_code == 404
+    r = orders.get("/api/datasets/orders/data/job_nope/status")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_hundred_concurrent_clients(orders):
+    def push(n: int) -> str:
+        rows = [{"order_id": n * 100 + i, "customer": f"c{n}"} for i in range(20)]
+        r = orders.post("/api/datasets/orders/data", json=rows)
+        assert r.status_code == 202, r.text
+        return r.json()["jobId"]
+
+    with concurrent.futures.ThreadPoolExecutor(100) as pool:
+        job_ids = list(pool.map(push, range(100)))
+    assert len(set(job_ids)) == 100
+    for job_id in job_ids:
+        assert wait_job(orders, "orders", job_id)["status"] == "Complete"
+    assert orders.get("/api/datasets/orders").json()["row_count"] == 2000
+
+
+def test_ingest_key_reads_status_but_not_other_datasets(orders, store):
+    key, _ = create_key(store, "erp", ["ingest:orders"])
+    scoped = orders.with_key(key)
+    job_id = scoped.post("/api/datasets/orders/data", json=[{"order_id": 1}]).json()["jobId"]
+    assert wait_job(scoped, "orders", job_id)["status"] == "Complete"
+
+
+def test_qrvey_compatible_postdata_and_status(orders):
+    r = orders.post("/compat/qrvey/postdata", json={"datasetId": "orders", "documentUpdateMethod": "upsert", "data": [{"order_id": 1}, {"order_id": 2}]})
+    assert r.status_code == 202
+    job_id = r.json()["jobId"]
+    wait_job(orders, "orders", job_id)
+    doc = orders.get(f"/compat/qrvey/{job_id}/status").json()
+    assert doc["statusJob"]["jobId"] == job_id and doc["statusJob"]["status"] == "Complete"
+    assert doc["statusJob"]["approximatePercentComplete"] == 100 and isinstance(doc["statusJob"]["runtime"], int)
+    stats = doc["jobCompletionStatistics"]
+    assert (stats["recordsRead"], stats["recordsSuccessful"], stats["recordsFailed"], stats["recordsAdded"]) == (2, 2, 0, 2)
+    bad = orders.post("/compat/qrvey/postdata", json={"datasetId": "orders", "data": [{"order_id": "x"}]}).json()["jobId"]
+    wait_job(orders, "orders", bad)
+    failed = orders.get(f"/compat/qrvey/{bad}/status").json()
+    assert failed["statusJob"]["status"] == "ErrorExit" and failed["jobCompletionStatistics"]["recordsFailed"] == 1
