@@ -17,18 +17,20 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass
-from typing import Any, Iterable
+import time
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
-from .columns import modification_time, utc_now
+from .columns import utc_now
 from .dataset_rows import DATA_CHANNEL
 from .datasets import Dataset, get_dataset, get_dataset_by_id
 from .errors import BadRequest, Invalid, NotFound, Unsupported
+from . import loading
 from .leases import new_owner, owner_is_dead
-from .storage import Store, codecs
+from .loading import JobFailed
+from .storage import Store
 from .storage.schema import jobs as jobs_table
 
 __all__ = [
@@ -48,10 +50,11 @@ log = logging.getLogger("pushbase.ingest")
 JOB_CHANNEL = "pushbase_jobs"
 FINAL_STATUSES = ("Complete", "ErrorExit", "TerminatedExit")
 PENDING = "Initializing"
-MAX_ERRORS_LISTED = 100
 MAX_ATTEMPTS = 3
 LEASE = dt.timedelta(seconds=float(os.environ.get("PUSHBASE_JOB_LEASE_SECONDS", "120")))
-_CHUNK = 500
+# Failpoint for crash tests: sleep inside the load transaction, after the rows are written and before
+# the commit, so a test can kill -9 the process mid-load. Never set in production.
+_FAILPOINT_LOAD_PAUSE = float(os.environ.get("PUSHBASE_FAILPOINT_LOAD_PAUSE", "0"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,231 +206,6 @@ def job_status(store: Store, job_id: str, dataset_name: str | None = None) -> di
 # Running
 
 
-class JobFailed(Exception):
-    def __init__(self, errors: list[dict[str, Any]], reason: str, total: int | None = None) -> None:
-        super().__init__(reason)
-        self.errors = errors
-        self.reason = reason
-        self.total = total if total is not None else len(errors)
-
-
-@dataclass
-class LoadCounts:
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-
-
-def _expected(column_type: str) -> str:
-    return {
-        "string": "string",
-        "integer": "integer",
-        "number": "number",
-        "boolean": "boolean (true/false)",
-        "date": "date (YYYY-MM-DD)",
-        "datetime": "datetime (ISO 8601)",
-        "json": "any JSON",
-    }[column_type]
-
-
-def _excerpt(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > 200:
-        return value[:200] + "…"
-    if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
-        return text if len(text) <= 200 else text[:200] + "…"
-    return value
-
-
-def validate_rows(store: Store, dataset: Dataset, items: list[Any]) -> list[dict[str, Any]]:
-    """Items -> rows keyed by physical column with encoded values; raise JobFailed listing problems."""
-    from .columns import flatten_row, validator_for
-
-    plan = [
-        (c.name, c.col, c.type, validator_for(c.type), codecs.encoder(store.dialect, c.type)) for c in dataset.columns
-    ]
-    known = {c.name for c in dataset.columns}
-    nested = dataset.nested
-    unique = set(dataset.unique_id)
-    ignore_unknown = dataset.ignore_unknown_fields
-    errors: list[dict[str, Any]] = []
-    error_count = 0
-    rows: list[dict[str, Any]] = []
-    seen_ids: dict[tuple[Any, ...], int] = {}
-    uid_cols = [c.col for c in dataset.columns if c.name in unique]
-    uid_order = [next(c.col for c in dataset.columns if c.name == n) for n in dataset.unique_id]
-
-    def fail(row: int, column: str | None, message: str, value: Any = None, expected: str | None = None) -> None:
-        nonlocal error_count
-        error_count += 1
-        if len(errors) < MAX_ERRORS_LISTED:
-            err = {"row": row, "column": column, "message": message, "value": _excerpt(value)}
-            if expected:
-                err["expected"] = expected
-            errors.append(err)
-
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            fail(index, None, "each row must be a JSON object", item)
-            continue
-        if nested and any(k in nested for k in item):
-            item = flatten_row(item, nested)
-        ok = True
-        if not ignore_unknown and len(item.keys() - known):
-            for key in sorted(item.keys() - known):
-                fail(index, key, f"the dataset has no column {key!r}", item[key])
-            ok = False
-        out: dict[str, Any] = {}
-        for name, col, ctype, validate, encode in plan:
-            value = item.get(name)
-            if value is None:
-                if name in unique:
-                    fail(index, name, "a unique-id value is required", None, _expected(ctype))
-                    ok = False
-                out[col] = None
-                continue
-            try:
-                out[col] = encode(validate(value))
-            except ValueError as exc:
-                fail(index, name, f"{exc}", value, _expected(ctype))
-                ok = False
-        if not ok:
-            continue
-        if uid_cols:
-            key = tuple(out[c] for c in uid_order)
-            first = seen_ids.get(key)
-            if first is not None:
-                fail(index, ",".join(dataset.unique_id), f"unique id repeats row {first} of the same payload", list(key))
-                continue
-            seen_ids[key] = index
-        rows.append(out)
-    if error_count:
-        raise JobFailed(errors, f"{error_count} problem(s) in the payload; nothing was loaded", error_count)
-    return rows
-
-
-def _uid_values(store: Store, dataset: Dataset, items: list[Any]) -> list[tuple[Any, ...]]:
-    """Delete requests: each item names a row by its unique id (an object, or a bare value for one column)."""
-    from .columns import validator_for
-
-    if not dataset.unique_id:
-        raise JobFailed([], f"dataset {dataset.name!r} has no unique id; use delete-all or give it a unique id")
-    cols = [dataset.column(n) for n in dataset.unique_id]
-    errors: list[dict[str, Any]] = []
-    keys = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            if len(cols) == 1 and not isinstance(item, (list, dict)):
-                item = {cols[0].name: item}
-            else:
-                errors.append({"row": index, "column": None, "message": "each item must be an object with the unique-id fields", "value": _excerpt(item)})
-                continue
-        key = []
-        for column in cols:
-            value = item.get(column.name)
-            try:
-                if value is None:
-                    raise ValueError("a unique-id value is required")
-                key.append(codecs.encoder(store.dialect, column.type)(validator_for(column.type)(value)))
-            except ValueError as exc:
-                errors.append({"row": index, "column": column.name, "message": str(exc), "value": _excerpt(value), "expected": _expected(column.type)})
-        if len(key) == len(cols):
-            keys.append(tuple(key))
-    if errors:
-        raise JobFailed(errors[:MAX_ERRORS_LISTED], f"{len(errors)} problem(s) in the payload; nothing was deleted", len(errors))
-    return keys
-
-
-def _chunks(seq: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start:start + size]
-
-
-def _uid_expr(table: sa.Table, uid_cols: list[str]) -> Any:
-    if len(uid_cols) == 1:
-        return table.c[uid_cols[0]]
-    return sa.tuple_(*[table.c[c] for c in uid_cols])
-
-
-def load_validated(store: Store, conn: sa.Connection, dataset: Dataset, rows: list[dict[str, Any]]) -> LoadCounts:
-    """Insert or upsert encoded rows inside the caller's transaction."""
-    table = store.dataset_table(dataset.physical)
-    counts = LoadCounts()
-    if not rows:
-        return counts
-    now = codecs.encoder(store.dialect, "datetime")(modification_time())
-    uid_cols = [dataset.column(n).col for n in dataset.unique_id]
-    value_cols = [c.col for c in dataset.columns]
-    if not uid_cols:
-        for row in rows:
-            row["_created"] = now
-            row["_modified"] = now
-        for chunk in _chunks(rows, 5000):
-            conn.execute(table.insert(), chunk)
-        counts.inserted = len(rows)
-        return counts
-    existing: dict[tuple[Any, ...], Any] = {}
-    uid = _uid_expr(table, uid_cols)
-    select_cols = [table.c._id, *[table.c[c] for c in value_cols]]
-    for chunk in _chunks(rows):
-        keys = [row[uid_cols[0]] for row in chunk] if len(uid_cols) == 1 else [tuple(row[c] for c in uid_cols) for row in chunk]
-        for found in conn.execute(sa.select(*select_cols).where(uid.in_(keys))):
-            mapping = found._mapping
-            existing[tuple(mapping[c] for c in uid_cols)] = found
-    inserts, updates = [], []
-    for row in rows:
-        old = existing.get(tuple(row[c] for c in uid_cols))
-        if old is None:
-            row["_created"] = now
-            row["_modified"] = now
-            inserts.append(row)
-            continue
-        mapping = old._mapping
-        if all(_same(mapping[c], row[c]) for c in value_cols):
-            counts.unchanged += 1
-            continue
-        update = {f"v_{c}": row[c] for c in value_cols}
-        update["v__modified"] = now
-        update["b_id"] = mapping["_id"]
-        updates.append(update)
-    if updates:
-        stmt = (
-            table.update()
-            .where(table.c._id == sa.bindparam("b_id"))
-            .values({c: sa.bindparam(f"v_{c}") for c in value_cols} | {"_modified": sa.bindparam("v__modified")})
-        )
-        conn.execute(stmt, updates)
-    for chunk in _chunks(inserts, 5000):
-        conn.execute(table.insert(), chunk)
-    counts.inserted = len(inserts)
-    counts.updated = len(updates)
-    return counts
-
-
-def _same(old: Any, new: Any) -> bool:
-    if isinstance(old, float) or isinstance(new, float):
-        return old is not None and new is not None and float(old) == float(new)
-    if isinstance(old, str) and isinstance(new, str) and old[:1] in "[{" and new[:1] in "[{":
-        # SQLite json text: compare values, not spelling.
-        try:
-            return bool(orjson.loads(old) == orjson.loads(new))
-        except orjson.JSONDecodeError:
-            return old == new
-    return bool(old == new)
-
-
-def delete_keys(store: Store, conn: sa.Connection, dataset: Dataset, keys: list[tuple[Any, ...]]) -> int:
-    table = store.dataset_table(dataset.physical)
-    uid_cols = [dataset.column(n).col for n in dataset.unique_id]
-    uid = _uid_expr(table, uid_cols)
-    deleted = 0
-    for chunk in _chunks(keys):
-        values = [k[0] for k in chunk] if len(uid_cols) == 1 else chunk
-        deleted += conn.execute(table.delete().where(uid.in_(values))).rowcount or 0
-    return deleted
-
-
 def _set_status(store: Store, job_id: str, **values: Any) -> None:
     with store.write() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(**values))
@@ -482,9 +260,9 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
         if items is None:
             items = parse_payload(job.body or b"", job.content_type) if job.operation != "delete_all" else []
         if job.operation == "load":
-            rows = validate_rows(store, dataset, items)
+            checked = loading.check_rows(store, dataset, items)
         elif job.operation == "delete":
-            keys = _uid_values(store, dataset, items)
+            keys = loading.check_keys(store, dataset, items)
         _set_status(store, job_id, status="Loading")
         with store.write() as conn:
             store.lock_dataset(conn, dataset.id)
@@ -492,14 +270,16 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
             current = get_dataset_by_id(store, dataset.id, conn)
             if current.columns != dataset.columns or current.unique_id != dataset.unique_id:
                 raise JobFailed([], "the dataset's columns changed while the job waited; send it again")
-            counts = LoadCounts()
+            counts = loading.LoadCounts()
             if job.operation == "load":
-                counts = load_validated(store, conn, dataset, rows)
+                counts = loading.write_rows(store, conn, dataset, checked)
             elif job.operation == "delete":
-                counts.deleted = delete_keys(store, conn, dataset, keys)
+                counts.deleted = loading.delete_keys(store, conn, dataset, keys)
             else:
                 table = store.dataset_table(dataset.physical)
                 counts.deleted = conn.execute(table.delete()).rowcount or 0
+            if _FAILPOINT_LOAD_PAUSE:
+                time.sleep(_FAILPOINT_LOAD_PAUSE)
             _finish(
                 store,
                 conn,

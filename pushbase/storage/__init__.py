@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,8 +46,11 @@ class Store:
         self._table_cache: dict[tuple[int, tuple[tuple[str, str, str], ...]], sa.Table] = {}
         self._listeners: list[Callable[[str, str], None]] = []
         self._listeners_lock = threading.Lock()
+        self._checkpointer: _Checkpointer | None = None
         if self.dialect == "sqlite":
             self.write_engine, self.read_engine = _sqlite_engines(url)
+            self._checkpointer = _Checkpointer(_sqlite_path(url))
+            self._checkpointer.start()
         else:
             engine = sa.create_engine(
                 _pg_sqlalchemy_url(url),
@@ -80,6 +84,8 @@ class Store:
             return schema.upgrade(conn)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
@@ -171,14 +177,53 @@ class Store:
             sa.Index(name, table.c[col]).create(conn)
 
 
+class _Checkpointer:
+    """Moves the SQLite WAL into the database file in the background (PASSIVE: never blocks writers),
+    so bulk loads do not pay for checkpoints inside their commits, and the WAL stays small."""
+
+    def __init__(self, path: str, every_seconds: float = 0.5) -> None:
+        self.path = path
+        self.every = every_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pushbase-sqlite-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        if self.path != ":memory:":
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._checkpoint("TRUNCATE")
+
+    def _checkpoint(self, mode: str) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA wal_checkpoint({mode})")  # mode is one of our two constants
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # the next round will do it
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._checkpoint("PASSIVE")
+
+
 def _pg_sqlalchemy_url(url: str) -> str:
     if url.startswith("postgresql://"):
         return "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
 
 
+def _sqlite_path(url: str) -> str:
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+
+
 def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    path = _sqlite_path(url)
     if path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
@@ -206,6 +251,8 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA temp_store=MEMORY")
+            # Checkpoints run on the Store's checkpointer thread, not inside some writer's commit.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -127,6 +127,7 @@ pushes = sa.Table(
     sa.Column("lease_owner", sa.String(80), nullable=True),
     _ts("lease_expires_at"),
     sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
     _ts("created_at", False),
     _ts("updated_at", False),
 )
@@ -144,8 +145,12 @@ deliveries = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("content_type", sa.String(60), nullable=False),
     sa.Column("attempts", sa.JSON, nullable=False),
+    # How many of the carried rows got the log-time field (rows changed in flight do not).
+    sa.Column("rows_stamped", sa.Integer, nullable=True),
+    sa.Column("trigger", sa.String(20), nullable=False, default="auto"),
     _ts("created_at", False),
     _ts("finished_at"),
+    sa.Index("pb_deliveries_push_status", "push_id", "status", "id"),
 )
 
 actions = sa.Table(
