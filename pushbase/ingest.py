@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -93,6 +94,31 @@ def parse_payload(body: bytes, content_type: str | None, *, operation: str = "lo
     raise BadRequest("the body must be a JSON array of objects or one object", code="not_rows")
 
 
+@dataclass
+class Prepared:
+    """A payload read at request time: rows already checked (the typed fast path) or plain items."""
+
+    count: int
+    checked: loading.Checked | None = None
+    items: list[Any] | None = None
+
+
+def prepare_payload(store: Store, dataset: Dataset, operation: str, body: bytes, content_type: str | None) -> Prepared:
+    """Read a request body; malformed input raises BadRequest/Unsupported (answered at once, nothing queued)."""
+    if operation == "delete_all":
+        return Prepared(0, items=[])
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if operation == "load" and media in ("application/json", "") and body.strip():
+        try:
+            checked = loading.check_typed(store, dataset, body)
+        except Exception:  # noqa: BLE001 - not JSON after all: the general parser words the 400
+            checked = None
+        if checked is not None:
+            return Prepared(len(checked.rows), checked=checked)
+    items = parse_payload(body, content_type, operation=operation)
+    return Prepared(len(items), items=items)
+
+
 # ------------------------------------------------------------------------------------------------
 # Accepting
 
@@ -105,13 +131,15 @@ def accept_job(
     store: Store,
     dataset: Dataset,
     operation: str,
-    items: list[Any],
+    payload: Prepared | list[Any],
     body: bytes,
     content_type: str,
     *,
     source: str = "api",
 ) -> str:
     """Store the job durably and wake the workers; the caller may then answer 202."""
+    if not isinstance(payload, Prepared):
+        payload = Prepared(len(payload), items=payload)
     job_id = new_job_id()
     now = utc_now()
     with store.write() as conn:
@@ -125,7 +153,7 @@ def accept_job(
                 content_type=content_type,
                 body=body,
                 source=source,
-                rows_received=len(items),
+                rows_received=payload.count,
                 rows_inserted=0,
                 rows_updated=0,
                 rows_unchanged=0,
@@ -136,7 +164,7 @@ def accept_job(
             )
         )
         store.notify(conn, JOB_CHANNEL, job_id)
-    _handoff(store).put(job_id, items)
+    _handoff(store).put(job_id, payload)
     return job_id
 
 
@@ -145,16 +173,16 @@ class _Handoff:
     Bounded; after a restart the stored body is parsed instead."""
 
     def __init__(self, limit: int = 64) -> None:
-        self._items: dict[str, list[Any]] = {}
+        self._items: dict[str, Prepared] = {}
         self._lock = threading.Lock()
         self._limit = limit
 
-    def put(self, job_id: str, items: list[Any]) -> None:
+    def put(self, job_id: str, payload: Prepared) -> None:
         with self._lock:
             if len(self._items) < self._limit:
-                self._items[job_id] = items
+                self._items[job_id] = payload
 
-    def take(self, job_id: str) -> list[Any] | None:
+    def take(self, job_id: str) -> Prepared | None:
         with self._lock:
             return self._items.pop(job_id, None)
 
@@ -256,11 +284,12 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
             _finish(store, conn, job_id, "TerminatedExit", reason="the dataset was deleted before the job ran")
         return job_status(store, job_id)
     try:
-        items = _handoff(store).take(job_id)
-        if items is None:
-            items = parse_payload(job.body or b"", job.content_type) if job.operation != "delete_all" else []
+        payload = _handoff(store).take(job_id)
+        if payload is None:
+            payload = prepare_payload(store, dataset, job.operation, job.body or b"", job.content_type)
+        items = payload.items or []
         if job.operation == "load":
-            checked = loading.check_rows(store, dataset, items)
+            checked = payload.checked if payload.checked is not None else loading.check_rows(store, dataset, items)
         elif job.operation == "delete":
             keys = loading.check_keys(store, dataset, items)
         _set_status(store, job_id, status="Loading")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .ingest import IngestWorker
+from .push.engine import PushEngine
 from .settings import Settings
 from .storage import Store
 
@@ -22,6 +23,7 @@ class Worker:
         self.store = store
         self.settings = settings
         self.ingest = IngestWorker(store)
+        self.pushes = PushEngine(store, settings)
         self.listener = None
 
     async def start(self) -> None:
@@ -31,8 +33,10 @@ class Worker:
             self.listener = PgListener(self.store)
             self.listener.start()
         self.ingest.start()
+        await self.pushes.start()
 
     async def stop(self) -> None:
+        await self.pushes.stop()
         self.ingest.stop()
         if self.listener is not None:
             self.listener.stop()

@@ -13,7 +13,7 @@ __all__ = ["PgListener", "CHANNELS"]
 
 log = logging.getLogger("pushbase.listen")
 
-CHANNELS = ("pushbase_jobs", "pushbase_job_done", "pushbase_data", "pushbase_pushes", "pushbase_tasks")
+CHANNELS = ("pushbase_jobs", "pushbase_job_done", "pushbase_data", "pushbase_pushes", "pushbase_tasks", "pushbase_view_pushed")
 
 
 class PgListener:

@@ -190,6 +190,11 @@ task_runs = sa.Table(
     _ts("finished_at"),
     # A scheduled run records its due time so that several workers run it once.
     sa.Column("due_key", sa.String(80), nullable=True, unique=True),
+    _ts("due_at"),
+    # Who runs it, renewed while it runs: a "running" run whose owner died or whose lease
+    # expired is recorded as failed (interrupted).
+    sa.Column("owner", sa.String(80), nullable=True),
+    _ts("lease_expires_at"),
 )
 
 tables = {t.name: t for t in metadata.sorted_tables}

@@ -5,6 +5,10 @@ into a dataset (PushMetrics-style).
 - ``templates``: the sandboxed, expression-only Jinja the steps are written in.
 - ``runner``: ``run_task`` — runs the steps against an ``HttpSender`` and returns a redacted
   ``RunResult``.
+- ``store``: stored tasks (``/api/tasks``) and their runs (``pb_task_runs``).
+- ``service``: runs a stored task against the database (views, load) and records the run.
+- ``schedule``: ``TaskScheduler``, the worker's cron scheduler (once per due time).
+- ``cli``: ``pushbase tasks run NAME`` and ``pushbase tasks list``.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import PushbaseError
+from ..outbound import OutboundClient
 from ..settings import Settings
 from ..storage import Store, open_store
 from .common import JSONAnswer, error_response
@@ -28,7 +29,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_store = store is None
         app.state.store = store or open_store(settings.db)
+        # One outbound client for the API process (custom actions, task runs); the worker has its own.
+        app.state.outbound = OutboundClient(allow_private=settings.allow_private_targets)
         worker = None
+        listener = None
+        if not run_worker and app.state.store.dialect == "postgresql":
+            # An API-only process still hears other processes' NOTIFYs (job ends, view events).
+            from ..storage.listen import PgListener
+
+            listener = PgListener(app.state.store)
+            listener.start()
         if run_worker:
             from ..worker import Worker
 
@@ -40,6 +50,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         finally:
             if worker is not None:
                 await worker.stop()
+            await app.state.outbound.aclose()
+            if listener is not None:
+                listener.stop()
             if own_store:
                 app.state.store.close()
 

@@ -87,8 +87,8 @@ async def _accept(request: Request, dataset: str, operation: str, who: Principal
 
     def work() -> str:
         found = datasets.get_dataset(store, dataset)
-        items = [] if operation == "delete_all" else ingest.parse_payload(body, content_type, operation=operation)
-        return ingest.accept_job(store, found, operation, items, body, content_type.split(";")[0].strip() or "application/json")
+        payload = ingest.prepare_payload(store, found, operation, body, content_type)
+        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
 
     job_id = await threaded(work)
     if wait:

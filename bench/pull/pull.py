@@ -1,0 +1,431 @@
+"""bench/pull: read 1,000,000 rows (and a ~1% filtered view) out of Pushbase (SQLite, PostgreSQL) as
+JSON pages, NDJSON and CSV, and the same rows out of Datasette 1.0a41's JSON API and CSV export.
+
+Load (not timed against anyone): the rows go through Pushbase's Push API, ``POST .../data?wait=true``
+with ~5 MB bodies (20,000 rows) from 2 concurrent clients, so the server never holds a backlog of
+parsed jobs; Datasette's database file is made with sqlite-utils' Python API (table ``rows``, ``pk="id"``)
+and filled with the same rows, with an index on ``city`` like the one Pushbase makes for the filter.
+
+Reads (timed, one client at a time, on a freshly started server, so RSS is the pull's own):
+- Pushbase ``GET /api/views/{v}/rows?format=json&limit=10000`` following ``next`` (``&after=``);
+  ``format=ndjson`` and ``format=csv`` streams.
+- Datasette ``GET /peer/rows.json?_size=max&_shape=objects`` following ``next_url`` (1.0a41's
+  ``_shape=array`` has no next link, and ``_extra=next`` is refused as unknown); also
+  ``?_shape=array&_size=max&_next=<last id>`` with the ``_next`` token built by the client (for a table
+  with one integer primary key Datasette's token is that key); the faster of the two is the one our
+  ratio uses. ``GET /peer/rows.csv?_stream=on&_size=max``. Filtered: ``&city=city_042``.
+  Settings: ``max_returned_rows=10000`` (same page size as ours), ``max_csv_mb=0`` (the default 100 MB
+  would truncate the 1,000,000-row CSV), ``sql_time_limit_ms=30000`` (no page may time out).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchlib as B  # noqa: E402
+
+PAGE = 10000
+LOAD_BATCH_ROWS = 20000
+LOAD_CONCURRENCY = 2
+VIEWS = {
+    "all_rows": {"name": "all_rows", "dataset": "bench"},
+    "one_city": {"name": "one_city", "dataset": "bench", "filters": [{"field": "city", "op": "equals", "value": B.FILTER_CITY}]},
+}
+DATASETTE_SETTINGS = {"max_returned_rows": PAGE, "max_csv_mb": 0, "sql_time_limit_ms": 30000}
+NO_GZIP = {"accept-encoding": "identity"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Readers: each returns the number of rows read.
+
+
+def read_pages(client: httpx.Client, first_url: str, next_of: Callable[[Any, str], str | None], rows_of: Callable[[Any], list]) -> int:
+    url: str | None = first_url
+    total = 0
+    while url:
+        r = client.get(url)
+        if r.status_code != 200:
+            raise RuntimeError(f"GET {url} -> {r.status_code}: {r.text[:300]}")
+        doc = orjson.loads(r.content)
+        total += len(rows_of(doc))
+        url = next_of(doc, url)
+    return total
+
+
+def read_stream(client: httpx.Client, url: str, header_lines: int) -> int:
+    lines = 0
+    last = b"\n"
+    with client.stream("GET", url) as r:
+        if r.status_code != 200:
+            r.read()
+            raise RuntimeError(f"GET {url} -> {r.status_code}: {r.text[:300]}")
+        for chunk in r.iter_bytes():
+            lines += chunk.count(b"\n")
+            if chunk:
+                last = chunk[-1:]
+    if last != b"\n":
+        lines += 1
+    return lines - header_lines
+
+
+def timed(fn: Callable[[], int], rss: B.RssSampler | None) -> dict[str, Any]:
+    idle = rss.reset() if rss else 0
+    cpu = rss.cpu_seconds() if rss else 0.0
+    client_cpu = time.process_time()
+    started = time.perf_counter()
+    rows = fn()
+    seconds = time.perf_counter() - started
+    out = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds) if seconds else None,
+           "client_cpu_seconds": round(time.process_time() - client_cpu, 2)}
+    if rss:
+        out["server_cpu_seconds"] = round(rss.cpu_seconds() - cpu, 2)
+        out["rss_before_mb"] = B.mb(idle)
+        out["rss_peak_mb"] = B.mb(rss.peak)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Pushbase
+
+
+async def _load(server: B.Pushbase, bodies: list[tuple[int, bytes]]) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(bodies)):
+        queue.put_nowait(i)
+    async with httpx.AsyncClient(timeout=600.0, headers={**server.headers, "content-type": "application/json"}) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                r = await client.post(f"{server.url}/api/datasets/bench/data?wait=true", content=bodies[i][1])
+                doc = r.json()
+                if r.status_code != 200 or doc.get("status") != "Complete":
+                    raise RuntimeError(f"load batch {i}: {r.status_code} {str(doc)[:500]}")
+
+        await asyncio.gather(*(worker() for _ in range(LOAD_CONCURRENCY)))
+
+
+def pushbase_load(db: str, work: Path, engine: str, rows: int, bodies: list[tuple[int, bytes]]) -> dict[str, Any]:
+    with B.pushbase_server(db, work, f"{engine}-load") as server:
+        columns = [{"name": n, "type": t} for n, t in B.COLUMNS]
+        r = httpx.post(f"{server.url}/api/datasets", headers=server.headers, json={"name": "bench", "columns": columns, "unique_id": ["id"]}, timeout=60)
+        r.raise_for_status()
+        started = time.perf_counter()
+        asyncio.run(_load(server, bodies))
+        load_seconds = time.perf_counter() - started
+        count = httpx.get(f"{server.url}/api/datasets/bench", headers=server.headers, timeout=120).json()["row_count"]
+        if count != rows:
+            raise RuntimeError(f"{engine}: loaded {count} rows, expected {rows}")
+        started = time.perf_counter()
+        for body in VIEWS.values():
+            r = httpx.post(f"{server.url}/api/views", headers=server.headers, json=body, timeout=600)
+            if r.status_code != 201:
+                raise RuntimeError(f"create view {body['name']}: {r.status_code} {r.text[:500]}")
+        views_seconds = time.perf_counter() - started
+    return {"load_seconds": round(load_seconds, 2), "load_rows_per_s": round(rows / load_seconds), "create_views_seconds": round(views_seconds, 2)}
+
+
+def pushbase_reads(db: str, work: Path, engine: str, expected: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with B.pushbase_server(db, work, f"{engine}-read") as server:
+        out["rss_idle_mb"] = B.mb(server.rss.current())
+        with httpx.Client(timeout=600.0, headers={**server.headers, **NO_GZIP}) as client:
+            for view in VIEWS:
+                base = f"{server.url}/api/views/{view}/rows"
+                res: dict[str, Any] = {}
+
+                def next_of(doc: Any, _url: str, base: str = base) -> str | None:
+                    return f"{base}?format=json&limit={PAGE}&after={doc['next']}" if doc.get("next") else None
+
+                res["json"] = timed(lambda: read_pages(client, f"{base}?format=json&limit={PAGE}", next_of, lambda d: d["rows"]), server.rss)
+                res["ndjson"] = timed(lambda: read_stream(client, f"{base}?format=ndjson", 0), server.rss)
+                res["csv"] = timed(lambda: read_stream(client, f"{base}?format=csv", 1), server.rss)
+                for fmt, r in res.items():
+                    if r["rows"] != expected[view]:
+                        r["error"] = f"read {r['rows']} rows, expected {expected[view]}"
+                out[view] = res
+                print(f"  {engine} {view}: " + ", ".join(f"{f} {r['rows_per_s']:,} rows/s (peak RSS {r['rss_peak_mb']} MB)" for f, r in res.items()), flush=True)
+    return out
+
+
+def view_sql(db: str, view: str) -> dict[str, Any]:
+    r = subprocess.run([str(B.PRODUCT_BIN / "python"), str(Path(__file__).with_name("view_sql.py")), db, view, str(PAGE)],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-1500:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def sqlite_plan(db_path: str) -> dict[str, Any]:
+    """EXPLAIN QUERY PLAN (sqlite3 on the db file) of the filtered view's page query."""
+    conn = sqlite3.connect(db_path)
+    try:
+        ds_id, columns = conn.execute("select id, columns from pb_datasets where name = 'bench'").fetchone()
+        col = next(c["col"] for c in json.loads(columns) if c["name"] == "city")
+        table = f"ds_{ds_id}"
+        indexes = [dict(zip(("seq", "name", "unique", "origin", "partial"), r)) for r in conn.execute(f'PRAGMA index_list("{table}")')]
+        for ix in indexes:
+            ix["columns"] = [r[2] for r in conn.execute(f'PRAGMA index_info("{ix["name"]}")')]
+        try:
+            info = view_sql(db_path, "one_city")
+            sql, source = info["sql"], "built by pushbase.views (the server's own query)"
+        except Exception as exc:  # noqa: BLE001
+            sql = f'SELECT * FROM "{table}" WHERE {col} = \'{B.FILTER_CITY}\' ORDER BY _id LIMIT {PAGE + 1}'
+            source = f"hand-written equivalent (pushbase.views could not build it: {str(exc)[-200:]})"
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        started = time.perf_counter()
+        matched = len(conn.execute(sql).fetchall())
+        ms = (time.perf_counter() - started) * 1000
+    finally:
+        conn.close()
+    uses_index = any("USING INDEX" in p and col in p for p in plan)
+    return {"table": table, "filter_column": f"city -> {col}", "indexes": indexes, "sql": sql, "sql_source": source,
+            "plan": plan, "uses_index": uses_index, "rows_returned": matched, "query_ms": round(ms, 1)}
+
+
+def pg_plan(url: str) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the filtered view's page query on PostgreSQL."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        ds_id, columns = conn.execute("select id, columns from pb_datasets where name = 'bench'").fetchone()
+        columns = columns if isinstance(columns, list) else json.loads(columns)
+        col = next(c["col"] for c in columns if c["name"] == "city")
+        table = f"ds_{ds_id}"
+        try:
+            sql, source = view_sql(url, "one_city")["sql"], "built by pushbase.views (the server's own query)"
+        except Exception as exc:  # noqa: BLE001
+            sql = f'SELECT * FROM "{table}" WHERE {col} = \'{B.FILTER_CITY}\' ORDER BY _id LIMIT {PAGE + 1}'
+            source = f"hand-written equivalent (pushbase.views could not build it: {str(exc)[-200:]})"
+        plan = [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)]
+    return {"table": table, "filter_column": f"city -> {col}", "sql": sql, "sql_source": source, "plan": plan,
+            "uses_index": any(f"{table}_{col}" in p for p in plan)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Datasette
+
+
+def datasette_reads(work: Path, db_path: Path, expected: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with B.datasette_server(db_path, work, DATASETTE_SETTINGS) as ds:
+        out["rss_idle_mb"] = B.mb(ds.rss.current())
+        with httpx.Client(timeout=600.0, headers=NO_GZIP) as client:
+            for view, filt in (("all_rows", ""), ("one_city", f"&city={B.FILTER_CITY}")):
+                res: dict[str, Any] = {}
+                objects_url = f"{ds.url}/peer/rows.json?_size=max&_shape=objects{filt}"
+                res["json_objects_next_url"] = timed(
+                    lambda: read_pages(client, objects_url, lambda d, _u: d.get("next_url"), lambda d: d["rows"]), ds.rss)
+                array_url = f"{ds.url}/peer/rows.json?_size=max&_shape=array{filt}"
+
+                def array_next(doc: Any, _url: str, base: str = array_url) -> str | None:
+                    return f"{base}&_next={doc[-1]['id']}" if len(doc) == PAGE else None
+
+                res["json_array_client_next"] = timed(lambda: read_pages(client, array_url, array_next, lambda d: d), ds.rss)
+                res["csv"] = timed(lambda: read_stream(client, f"{ds.url}/peer/rows.csv?_stream=on&_size=max{filt}", 1), ds.rss)
+                for fmt, r in res.items():
+                    if r["rows"] != expected[view]:
+                        r["error"] = f"read {r['rows']} rows, expected {expected[view]}"
+                out[view] = res
+                print(f"  datasette {view}: " + ", ".join(f"{f} {r['rows_per_s']:,} rows/s" for f, r in res.items()), flush=True)
+    return out
+
+
+def build_datasette_db(db_path: Path, chunks: list[list[dict[str, Any]]]) -> float:
+    """The table is made by sqlite-utils (``create``, pk id, the types it would pick) and filled in one
+    transaction with sqlite3's executemany (sqlite-utils' own insert_all commits every batch, which on
+    this disk takes minutes for 1,000,000 rows; the load is not what this benchmark times)."""
+    import sqlite_utils
+
+    started = time.perf_counter()
+    db = sqlite_utils.Database(db_path)
+    types = {"integer": int, "number": float, "boolean": int, "string": str, "date": str, "datetime": str}
+    db["rows"].create({n: types[t] for n, t in B.COLUMNS}, pk="id")
+    names = [n for n, _ in B.COLUMNS]
+    sql = f"INSERT INTO rows ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+    with db.conn:
+        for chunk in chunks:
+            db.conn.executemany(sql, [tuple(r[n] for n in names) for r in chunk])
+    db["rows"].create_index(["city"])
+    db.close()
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-pg", action="store_true", help="leave PostgreSQL out")
+    args = parser.parse_args()
+    n = args.rows
+    started_all = time.perf_counter()
+    load_avg = os.getloadavg()[0]
+    results: dict[str, Any] = {}
+    notes: list[str] = []
+
+    with B.workdir("pull") as work:
+        print(f"bench/pull: generating {n:,} rows; Datasette's copy via sqlite-utils", flush=True)
+        bodies: list[tuple[int, bytes]] = []
+        chunks: list[list[dict[str, Any]]] = []
+        chunk: list[dict[str, Any]] = []
+        for row in B.iter_rows(n):
+            chunk.append(row)
+            if len(chunk) == LOAD_BATCH_ROWS:
+                bodies.append((len(chunk), orjson.dumps(chunk)))
+                chunks.append(chunk)
+                chunk = []
+        if chunk:
+            bodies.append((len(chunk), orjson.dumps(chunk)))
+            chunks.append(chunk)
+        peer_db = work / "peer.db"
+        seconds = build_datasette_db(peer_db, chunks)
+        del chunks
+        with sqlite3.connect(peer_db) as conn:
+            expected = {"all_rows": n, "one_city": conn.execute("select count(*) from rows where city = ?", (B.FILTER_CITY,)).fetchone()[0]}
+        print(f"  Datasette db: {seconds:.1f} s; filtered view matches {expected['one_city']:,} rows ({expected['one_city'] / n:.2%})", flush=True)
+
+        engines: list[tuple[str, Any]] = [("sqlite", None)]
+        if args.skip_pg:
+            notes.append("PostgreSQL skipped (--skip-pg)")
+        elif (why := B.pg_available()) is not None:
+            notes.append(f"PostgreSQL not reachable at {B.PG_BASE_URL}: {why}")
+        else:
+            engines.append(("postgresql", None))
+
+        for engine, _ in engines:
+            print(f"- pushbase-{engine}: loading {n:,} rows ({len(bodies)} batches of {LOAD_BATCH_ROWS}, ?wait=true, {LOAD_CONCURRENCY} clients)", flush=True)
+            try:
+                if engine == "sqlite":
+                    db = str(work / "pushbase.db")
+                    load = pushbase_load(db, work, engine, n, bodies)
+                    print(f"  loaded at {load['load_rows_per_s']:,} rows/s; views saved in {load['create_views_seconds']} s", flush=True)
+                    reads = pushbase_reads(db, work, engine, expected)
+                    plan = sqlite_plan(db)
+                else:
+                    with B.pg_schema("pull") as db:
+                        load = pushbase_load(db, work, engine, n, bodies)
+                        print(f"  loaded at {load['load_rows_per_s']:,} rows/s; views saved in {load['create_views_seconds']} s", flush=True)
+                        reads = pushbase_reads(db, work, engine, expected)
+                        plan = pg_plan(db)
+                results[f"pushbase-{engine}"] = {**load, **reads, "filtered_query_plan": plan}
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"  FAILED: {exc}", flush=True)
+                results[f"pushbase-{engine}"] = {"error": str(exc)[:3000]}
+        del bodies
+
+        print("- datasette 1.0a41", flush=True)
+        try:
+            results["datasette"] = datasette_reads(work, peer_db, expected)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  FAILED: {exc}", flush=True)
+            results["datasette"] = {"error": str(exc)[:3000]}
+
+    # Ratios: our rows/s ÷ Datasette's, per view and format. JSON and NDJSON are held against the faster
+    # of Datasette's two JSON readings (it has no NDJSON); CSV against its CSV stream.
+    ratios: dict[str, Any] = {}
+    ds = results.get("datasette", {})
+    for system in ("pushbase-sqlite", "pushbase-postgresql"):
+        ours = results.get(system, {})
+        if "error" in ours or system not in results or "error" in ds:
+            continue
+        for view in VIEWS:
+            theirs_json = max(ds[view]["json_objects_next_url"]["rows_per_s"], ds[view]["json_array_client_next"]["rows_per_s"])
+            ratios[f"{system}/{view}/json"] = B.ratio(ours[view]["json"]["rows_per_s"], theirs_json)
+            ratios[f"{system}/{view}/ndjson_vs_datasette_json"] = B.ratio(ours[view]["ndjson"]["rows_per_s"], theirs_json)
+            ratios[f"{system}/{view}/csv"] = B.ratio(ours[view]["csv"]["rows_per_s"], ds[view]["csv"]["rows_per_s"])
+    targets: dict[str, Any] = {}
+    for system in ("pushbase-sqlite", "pushbase-postgresql"):
+        ours = results.get(system)
+        if not ours or "error" in ours:
+            continue
+        targets[f"{system}: json and csv >= 3x datasette"] = all(
+            (ratios.get(f"{system}/{v}/{f}") or 0) >= 3 for v in VIEWS for f in ("json", "csv")) if ratios else None
+        stream_peak = max(ours["all_rows"][f]["rss_peak_mb"] for f in ("ndjson", "csv"))
+        targets[f"{system}: ndjson/csv stream of all rows < 200 MB RSS (peak {stream_peak} MB)"] = stream_peak < 200
+        plan = ours.get("filtered_query_plan", {})
+        targets[f"{system}: filtered view uses the index"] = plan.get("uses_index")
+
+    print("\nratios (Pushbase rows/s ÷ Datasette rows/s):")
+    for k, v in ratios.items():
+        print(f"  {k}: {B.fmt_ratio(v)}")
+    for system in ("pushbase-sqlite", "pushbase-postgresql"):
+        plan = results.get(system, {}).get("filtered_query_plan")
+        if plan:
+            print(f"\n{system} filtered view query ({plan.get('sql_source', 'hand-written equivalent')}):\n  {plan['sql']}")
+            if "indexes" in plan:
+                print("  indexes on", plan["table"] + ":", ", ".join(f"{ix['name']}({','.join(ix['columns'])})" for ix in plan["indexes"]))
+            print("  plan:\n    " + "\n    ".join(plan["plan"]))
+    print("\ntargets:", "; ".join(f"{k}: {'met' if v else 'MISSED' if v is False else 'n/a'}" for k, v in targets.items()))
+
+    data = {
+        "bench": "pull",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {**B.machine(), "load_average_1m_at_start": round(load_avg, 2)},
+        "versions": B.versions(),
+        "setup": {"rows": n, "columns": [f"{c}:{t}" for c, t in B.COLUMNS], "page": PAGE, "views": VIEWS,
+                  "filtered_rows": expected["one_city"], "load_batch_rows": LOAD_BATCH_ROWS,
+                  "load_concurrency": LOAD_CONCURRENCY, "datasette_settings": DATASETTE_SETTINGS},
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+        "notes": notes,
+        "total_seconds": round(time.perf_counter() - started_all, 1),
+    }
+    B.write_results("pull", data, markdown(data))
+    print(f"\nwrote {B.RESULTS / 'pull.json'} and {B.RESULTS / 'pull.md'} ({data['total_seconds']} s in all)")
+    failed = any("error" in r for r in results.values()) or any(
+        "error" in f for r in results.values() if isinstance(r, dict) for v in r.values() if isinstance(v, dict) for f in v.values() if isinstance(f, dict))
+    return 1 if failed else 0
+
+
+def markdown(data: dict[str, Any]) -> str:
+    s = data["setup"]
+    v = data["versions"]
+    md = [
+        "# bench/pull — latest run",
+        "",
+        f"{data['when']}, {data['machine']['cpus']} CPUs, Pushbase {v['pushbase_commit']}, {v['datasette']}, SQLite {v['sqlite']}.",
+        f"{s['rows']:,} rows × {len(s['columns'])} columns; view `all_rows` (every row) and `one_city` (city = {B.FILTER_CITY}: "
+        f"{s['filtered_rows']:,} rows); JSON pages of {s['page']:,}.",
+        "",
+        f"Load average at start {data['machine']['load_average_1m_at_start']} (other work on the machine skews the figures).",
+        "",
+        "| system | view | format | rows/s | seconds | server CPU s | peak RSS (MB) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for system, res in data["results"].items():
+        if "error" in res:
+            md.append(f"| {system} | — | failed | — | — | — | — |")
+            continue
+        for view in VIEWS:
+            for fmt, r in res.get(view, {}).items():
+                md.append(f"| {system} | {view} | {fmt} | {r['rows_per_s']:,} | {r['seconds']} | {r.get('server_cpu_seconds', '—')} | {r.get('rss_peak_mb', '—')} |")
+    md += ["", "| ratio (ours ÷ Datasette) | value |", "|---|---:|"] + [f"| {k} | {B.fmt_ratio(x)} |" for k, x in data["ratios"].items()]
+    for system in ("pushbase-sqlite", "pushbase-postgresql"):
+        res = data["results"].get(system, {})
+        if "load_rows_per_s" in res:
+            md.append(f"\n{system}: loaded at {res['load_rows_per_s']:,} rows/s (?wait=true, {s['load_concurrency']} clients); views saved in {res['create_views_seconds']} s.")
+        plan = res.get("filtered_query_plan")
+        if plan:
+            md += ["", f"{system} filtered view query plan:", "", "```", plan["sql"], *plan["plan"], "```"]
+    md += ["", "Targets: " + "; ".join(f"{k}: {'met' if x else 'MISSED' if x is False else 'n/a'}" for k, x in data["targets"].items())]
+    md += [*[f"\nNote: {x}" for x in data["notes"]], ""]
+    return "\n".join(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

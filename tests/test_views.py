@@ -1,0 +1,190 @@
+"""Views over the HTTP API on both engines: CRUD, the seed's selections, the pull API, receipts."""
+from __future__ import annotations
+
+import csv
+import io
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from pushbase.keys import create_key
+
+COLS = [
+    {"name": "order_id", "type": "integer"},
+    {"name": "customer", "type": "string"},
+    {"name": "total", "type": "number"},
+    {"name": "last pushed", "type": "datetime"},
+    {"name": "receipt id", "type": "string"},
+    {"name": "meta", "type": "json"},
+]
+
+
+@pytest.fixture
+def orders(api):
+    assert api.post("/api/datasets", json={"name": "orders", "columns": COLS, "unique_id": ["order_id"]}).status_code == 201
+    rows = [{"order_id": i, "customer": f"c{i % 3}", "total": i * 2.5, "meta": {"i": i}} for i in range(1, 8)]
+    assert api.load("orders", rows)["status"] == "Complete"
+    return api
+
+
+def ids(rows):
+    return [r["order_id"] for r in rows]
+
+
+def test_view_crud(orders):
+    body = {"name": "big", "dataset": "orders", "columns": ["order_id", "total"], "filters": [{"field": "total", "op": "gt", "value": 10}],
+            "sort": [{"field": "total", "direction": "desc"}], "limit": None}
+    r = orders.post("/api/views", json=body)
+    assert r.status_code == 201, r.text
+    got = orders.get("/api/views/big").json()
+    assert got["dataset"] == "orders" and got["columns"] == ["order_id", "total"]
+    assert ids(orders.all_rows("/api/views/big/rows")) == [7, 6, 5]
+    assert orders.patch("/api/views/big", json={"filters": [{"field": "total", "op": "lte", "value": 5}]}).status_code == 200
+    assert ids(orders.all_rows("/api/views/big/rows")) == [2, 1]
+    assert orders.post("/api/views", json=body).status_code == 409
+    assert orders.delete("/api/views/big").status_code == 200
+    assert orders.get("/api/views/big").status_code == 404
+    assert [v["name"] for v in orders.get("/api/views").json()["views"]] == []
+
+
+def test_columns_in_order_and_calculations_follow(orders):
+    r = orders.post("/api/views", json={"name": "v", "dataset": "orders", "columns": ["total", "order_id"],
+                                        "calculations": [{"name": "double", "formula": "{total} * 2"}],
+                                        "sort": [{"field": "order_id", "direction": "asc"}]})
+    assert r.status_code == 201, r.text
+    row = orders.get("/api/views/v/rows").json()["rows"][0]
+    assert list(row) == ["_id", "total", "order_id", "double"]
+    assert row["double"] == 5.0
+
+
+def test_seed_recipes(orders):
+    orders.post("/api/views", json={"name": "never_pushed", "dataset": "orders", "filters": [{"field": "last pushed", "op": "is_empty"}]})
+    orders.post("/api/views", json={"name": "modified", "dataset": "orders",
+                                    "calculations": [{"name": "needs pushing", "formula": "{last modified [auto]} > {last pushed}"}],
+                                    "filters": [{"field": "needs pushing", "op": "equals", "value": True}]})
+    orders.post("/api/views", json={"name": "unreceived", "dataset": "orders", "filters": [{"field": "receipt id", "op": "is_empty"}]})
+    assert len(orders.all_rows("/api/views/never_pushed/rows")) == 7
+    assert orders.all_rows("/api/views/modified/rows") == []
+    rows = orders.all_rows("/api/datasets/orders/rows")
+    # Mark 1..3 pushed a moment after their last change, then change 2 again.
+    for row in rows[:3]:
+        r = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"last pushed": "2999-01-01T00:00:00Z"})
+        assert r.status_code == 200
+    assert ids(orders.all_rows("/api/views/never_pushed/rows")) == [4, 5, 6, 7]
+    orders.patch(f"/api/datasets/orders/rows/{rows[0]['_id']}", json={"last pushed": "2000-01-01T00:00:00Z"})
+    assert ids(orders.all_rows("/api/views/modified/rows")) == [1]
+    # A receipt written back removes the row from the "not yet received" selection.
+    r = orders.patch(f"/api/datasets/orders/rows/{rows[4]['_id']}", json={"receipt id": "R-5"})
+    assert r.json()["receipt id"] == "R-5"
+    assert 5 not in ids(orders.all_rows("/api/views/unreceived/rows"))
+
+
+def test_receipt_patch_moves_last_modified_and_checks_types(orders):
+    row = orders.get("/api/datasets/orders/rows").json()["rows"][0]
+    r = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"receipt id": "R-1"})
+    assert r.status_code == 200
+    assert r.json()["last modified [auto]"] > row["last modified [auto]"]
+    bad = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"total": "lots"})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["column"] == "total"
+    unknown = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"colour": "red"})
+    assert unknown.status_code == 422
+    assert orders.patch("/api/datasets/orders/rows/999999", json={"receipt id": "x"}).status_code == 404
+
+
+def test_json_pages_follow_next_to_the_end(orders):
+    orders.post("/api/views", json={"name": "all", "dataset": "orders", "sort": [{"field": "customer", "direction": "desc"}, {"field": "total", "direction": "asc"}]})
+    rows = orders.all_rows("/api/views/all/rows", limit=2)
+    assert len(rows) == 7 and len({r["_id"] for r in rows}) == 7
+    assert [(r["customer"], r["total"]) for r in rows] == sorted([(r["customer"], r["total"]) for r in rows], key=lambda x: (-ord(x[0][-1]), x[1]))
+
+
+def test_view_limit_caps_every_format(orders):
+    orders.post("/api/views", json={"name": "top3", "dataset": "orders", "sort": [{"field": "total", "direction": "desc"}], "limit": 3})
+    assert ids(orders.all_rows("/api/views/top3/rows", limit=2)) == [7, 6, 5]
+    nd = orders.get("/api/views/top3/rows", params={"format": "ndjson"}).text.splitlines()
+    assert [orjson.loads(line)["order_id"] for line in nd] == [7, 6, 5]
+
+
+def test_ndjson_and_csv_stream_every_row(orders):
+    orders.post("/api/views", json={"name": "all", "dataset": "orders", "sort": [{"field": "order_id", "direction": "asc"}]})
+    r = orders.get("/api/views/all/rows", params={"format": "ndjson"})
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [orjson.loads(x) for x in r.text.splitlines()]
+    assert ids(lines) == list(range(1, 8)) and lines[0]["meta"] == {"i": 1}
+    r = orders.get("/api/views/all/rows", params={"format": "csv"})
+    assert r.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert [int(t["order_id"]) for t in table] == list(range(1, 8))
+    assert table[0]["last pushed"] == "" and orjson.loads(table[0]["meta"]) == {"i": 1}
+    assert orders.get("/api/views/all/rows", params={"format": "xml"}).status_code == 422
+
+
+def test_read_scope_pulls_one_view_only(orders, store):
+    orders.post("/api/views", json={"name": "a", "dataset": "orders"})
+    orders.post("/api/views", json={"name": "b", "dataset": "orders"})
+    key, _ = create_key(store, "bi", ["read:a"])
+    reader = orders.with_key(key)
+    assert reader.get("/api/views/a/rows").status_code == 200
+    assert reader.get("/api/views/a/rows", params={"format": "csv"}).status_code == 200
+    assert reader.get("/api/views/b/rows").status_code == 403
+    assert reader.post("/api/views", json={"name": "c", "dataset": "orders"}).status_code == 403
+    assert reader.get("/api/datasets/orders/rows").status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"calculations": [{"name": "x", "formula": "{totl} * 2"}]}, "total"),
+        ({"calculations": [{"name": "x", "formula": "{total} * * 2"}]}, "position"),
+        ({"calculations": [{"name": "x", "formula": "sqlite_version()"}]}, "sqlite_version"),
+        ({"filters": [{"field": "custmer", "op": "equals", "value": "a"}]}, "customer"),
+        ({"filters": [{"field": "customer", "op": "matches", "value": "a"}]}, "matches"),
+        ({"filters": [{"field": "total", "op": "gt", "value": "lots"}]}, "total"),
+        ({"sort": [{"field": "nope"}]}, "nope"),
+        ({"columns": ["order_id", "nope"]}, "nope"),
+    ],
+)
+def test_bad_views_are_refused_with_the_problem_named(orders, body, fragment):
+    r = orders.post("/api/views", json={"name": "bad", "dataset": "orders", **body})
+    assert 400 <= r.status_code < 500, r.text
+    text = orjson.dumps(r.json()["error"]).decode()
+    assert fragment in text, text
+
+
+def test_injection_in_filter_values_is_plain_data(orders, store):
+    hostile = "x'; DROP TABLE pb_keys; --"
+    orders.load("orders", [{"order_id": 100, "customer": hostile}])
+    orders.post("/api/views", json={"name": "h", "dataset": "orders", "filters": [{"field": "customer", "op": "equals", "value": hostile}]})
+    assert ids(orders.all_rows("/api/views/h/rows")) == [100]
+    orders.post("/api/views", json={"name": "pct", "dataset": "orders", "filters": [{"field": "customer", "op": "contains", "value": "%"}]})
+    assert orders.all_rows("/api/views/pct/rows") == []
+    with store.read() as conn:
+        assert sa.inspect(conn).has_table("pb_keys")
+
+
+def test_deleting_a_used_column_or_dataset_is_refused_naming_the_views(orders):
+    orders.post("/api/views", json={"name": "uses_total", "dataset": "orders", "filters": [{"field": "total", "op": "gt", "value": 1}]})
+    r = orders.patch("/api/datasets/orders", json={"drop_columns": ["total"]})
+    assert r.status_code == 409 and "uses_total" in r.json()["error"]["message"]
+    assert orders.patch("/api/datasets/orders", json={"drop_columns": ["receipt id"]}).status_code == 200
+    r = orders.delete("/api/datasets/orders")
+    assert r.status_code == 409 and r.json()["error"]["details"]["views"] == ["uses_total"]
+    assert orders.delete("/api/datasets/orders?cascade=true").status_code == 200
+    assert orders.get("/api/views/uses_total").status_code == 404
+
+
+def test_filter_on_a_column_uses_an_index(orders, store):
+    from pushbase.views.store import get_view, view_query
+
+    orders.post("/api/views", json={"name": "np", "dataset": "orders", "filters": [{"field": "last pushed", "op": "is_empty"}]})
+    with store.read() as conn:
+        query = view_query(store, get_view(store, "np", conn), conn).select()
+        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        if store.dialect == "sqlite":
+            plan = repr(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all())
+            assert "USING INDEX" in plan, plan
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = repr(conn.exec_driver_sql("EXPLAIN " + sql).all())
+            assert "Index" in plan and "Seq Scan" not in plan, plan
