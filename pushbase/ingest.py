@@ -360,7 +360,15 @@ def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: s
     body = orjson.dumps(rows)
     job_id = accept_job(store, dataset, "load", rows, body, "application/json", source=source)
     result = run_next_job(store, f"inline-{os.getpid()}", job_id)
-    return result or job_status(store, job_id)
+    if result is not None:
+        return result
+    # A background worker claimed the job first: wait for it to end rather than answer mid-load.
+    deadline = time.monotonic() + 600
+    while True:
+        doc = job_status(store, job_id)
+        if doc["status"] in FINAL_STATUSES or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.05)
 
 
 class IngestWorker:

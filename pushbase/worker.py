@@ -12,6 +12,7 @@ from .ingest import IngestWorker
 from .push.engine import PushEngine
 from .settings import Settings
 from .storage import Store
+from .tasks.schedule import TaskScheduler
 
 __all__ = ["Worker"]
 
@@ -24,6 +25,7 @@ class Worker:
         self.settings = settings
         self.ingest = IngestWorker(store)
         self.pushes = PushEngine(store, settings)
+        self.tasks = TaskScheduler(store, settings)
         self.listener = None
 
     async def start(self) -> None:
@@ -34,8 +36,10 @@ class Worker:
             self.listener.start()
         self.ingest.start()
         await self.pushes.start()
+        await self.tasks.start()
 
     async def stop(self) -> None:
+        await self.tasks.stop()
         await self.pushes.stop()
         self.ingest.stop()
         if self.listener is not None:

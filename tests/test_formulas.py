@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pushbase.columns import validator_for
 from pushbase.errors import Invalid
-from pushbase.storage.codecs import decoder, encoder, sql_type
+from pushbase.storage.codecs import decoder, encoder, iso, sql_type
 from pushbase.views import FieldRef, FormulaError, compile_calculations, compile_formula, parse_filters
 from pushbase.views.formulas import FUNCTIONS, MAX_FORMULA_LENGTH
 
@@ -158,6 +158,11 @@ def both(sqlite_db: Db, pg_db: Db) -> tuple[Db, Db]:
     return sqlite_db, pg_db
 
 
+def T(text: str) -> str:
+    """A datetime as the row decoder writes it."""
+    return iso(validator_for("datetime")(text))
+
+
 def days(micros: int) -> float:
     return micros / 86400000000.0
 
@@ -218,19 +223,25 @@ CASES: list[tuple[str, str, list[Any]]] = [
     ("{order_id} / 2", "number", [0.5, 1.0, 1.5, None, MAX / 2]),
     ("{order_id} / ({order_id} - 1)", "number", [None, 2.0, 1.5, None, 1.0]),  # division by zero is null
     ("{total} / 0", "number", [None, None, None, None, None]),
-    ("{total} * 2", "number", [21.0, 0.0, -6.5, None, None]),  # beyond 1e150 gives null
+    ("{total} * 2", "number", [21.0, 0.0, -6.5, None, 2e300]),
+    ("{total} * {total}", "number", [110.25, 0.0, 10.5625, None, None]),  # beyond the largest double: null
+    ("1e308 + 1e308", "number", [None] * 5),
+    ("-1e308 - 1e308", "number", [None] * 5),
+    ("1e300 / 1e-300", "number", [None] * 5),
+    ("5e-324 / 2", "number", [0.0] * 5),  # underflow is 0, as in IEEE
+    ("1.5e-323 * 0.5", "number", [1e-323] * 5),
     ("{total} + 1", "number", [11.5, 1.0, -2.25, None, 1e300]),
     ("{total} - {order_id}", "number", [9.5, -2.0, -6.25, None, 1e300 - MAX]),
     ("2 + 3 * 4 - (10 - 4) / 3", "number", [12.0] * 5),
     ("7 / 2", "number", [3.5] * 5),
     ("1e300 * 1e300", "number", [None] * 5),
-    ("1e-200 * 1e-200", "number", [None] * 5),
+    ("1e-200 * 1e-200", "number", [0.0] * 5),
     ("0 / -5", "number", [0.0] * 5),
     ("abs({total})", "number", [10.5, 0.0, 3.25, None, 1e300]),
     ("abs({order_id} - 2)", "integer", [1, 0, 1, None, MAX - 2]),
     ("abs(-9223372036854775807 - 1)", "integer", [None] * 5),
     ("round({total})", "number", [11.0, 0.0, -3.0, None, 1e300]),
-    ("round({total} / 3, 2)", "number", [3.5, 0.0, -1.08, None, None]),  # 1e300 is beyond 1e150
+    ("round({total} / 3, 2)", "number", [3.5, 0.0, -1.08, None, 1e300 / 3]),
     ("round(2.675, 2)", "number", [2.68] * 5),
     ("round(-2.5)", "number", [-3.0] * 5),
     ("round({order_id}, 3)", "integer", [1, 2, 3, None, MAX]),
@@ -285,7 +296,9 @@ CASES: list[tuple[str, str, list[Any]]] = [
     ("1 + {due date}", "date", ["2024-02-01", "2024-03-01", None, "2000-01-01", None]),
     ("{due date} - 1", "date", ["2024-01-30", "2024-02-28", None, "1999-12-30", "9999-12-30"]),
     ("add_days({due date}, {order_id})", "date", ["2024-02-01", "2024-03-02", None, None, None]),
-    ("add_days({due date}, -738000)", "date", [None, None, None, None, "7979-06-17"]),
+    ("add_days({due date}, -3000000)", "date", [None, None, None, None, "1786-04-11"]),
+    ("add_days({due date}, 9223372036854775807)", "date", [None] * 5),
+    ("add_days({due date}, -9223372036854775807)", "date", [None] * 5),
     ("{due date} - date '2024-01-01'", "integer", [30, 59, None, -8767, 2913173]),
     ("days_between('2024-01-01', {due date})", "integer", [30, 59, None, -8767, 2913173]),
     ("{due date} + interval '2 weeks'", "date", ["2024-02-14", "2024-03-14", None, "2000-01-14", None]),
@@ -300,13 +313,13 @@ CASES: list[tuple[str, str, list[Any]]] = [
     ("date('2024-02-29')", "date", ["2024-02-29"] * 5),
     ("datetime({due date})", "datetime", ["2024-01-31T00:00:00.000000Z", "2024-02-29T00:00:00.000000Z", None, "1999-12-31T00:00:00.000000Z", "9999-12-31T00:00:00.000000Z"]),
     ("datetime('2024-05-01T12:30:00+02:00')", "datetime", ["2024-05-01T10:30:00.000000Z"] * 5),
-    ("add_hours({created [auto]}, 1)", "datetime", ["2024-01-01T11:00:00.000000Z", "2024-01-01T01:00:00.000000Z", "2024-02-01T01:00:00.000000Z", "2024-01-01T00:59:59.999999Z", "0001-01-01T01:00:00.000000Z"]),
+    ("add_hours({created [auto]}, 1)", "datetime", ["2024-01-01T11:00:00.000000Z", "2024-01-01T01:00:00.000000Z", "2024-02-01T01:00:00.000000Z", "2024-01-01T00:59:59.999999Z", T("0001-01-01T01:00:00Z")]),
     ("add_minutes({created [auto]}, -1)", "datetime", ["2024-01-01T09:59:00.000000Z", "2023-12-31T23:59:00.000000Z", "2024-01-31T23:59:00.000000Z", "2023-12-31T23:58:59.999999Z", None]),
     ("add_seconds({last modified [auto]}, 1)", "datetime", ["2024-01-02T10:00:01.000000Z", "2024-01-01T12:00:01.000000Z", "2024-03-01T00:00:01.500000Z", "2024-01-05T00:00:01.000000Z", None]),
-    ("add_days({created [auto]}, 1)", "datetime", ["2024-01-02T10:00:00.000000Z", "2024-01-02T00:00:00.000000Z", "2024-02-02T00:00:00.000000Z", "2024-01-01T23:59:59.999999Z", "0001-01-02T00:00:00.000000Z"]),
+    ("add_days({created [auto]}, 1)", "datetime", ["2024-01-02T10:00:00.000000Z", "2024-01-02T00:00:00.000000Z", "2024-02-02T00:00:00.000000Z", "2024-01-01T23:59:59.999999Z", T("0001-01-02T00:00:00Z")]),
     ("{last modified [auto]} + interval '1 day 2 hours'", "datetime", ["2024-01-03T12:00:00.000000Z", "2024-01-02T14:00:00.000000Z", "2024-03-02T02:00:00.500000Z", "2024-01-06T02:00:00.000000Z", None]),
     ("{last modified [auto]} - interval '30 minutes'", "datetime", ["2024-01-02T09:30:00.000000Z", "2024-01-01T11:30:00.000000Z", "2024-02-29T23:30:00.500000Z", "2024-01-04T23:30:00.000000Z", "9999-12-31T23:29:59.999999Z"]),
-    ("interval '1 hour' + {created [auto]}", "datetime", ["2024-01-01T11:00:00.000000Z", "2024-01-01T01:00:00.000000Z", "2024-02-01T01:00:00.000000Z", "2024-01-01T00:59:59.999999Z", "0001-01-01T01:00:00.000000Z"]),
+    ("interval '1 hour' + {created [auto]}", "datetime", ["2024-01-01T11:00:00.000000Z", "2024-01-01T01:00:00.000000Z", "2024-02-01T01:00:00.000000Z", "2024-01-01T00:59:59.999999Z", T("0001-01-01T01:00:00Z")]),
     ("days_between({created [auto]}, {last modified [auto]})", "number", [days(m - c) for c, m in zip(C, M)]),
     ("hours_between({created [auto]}, {last modified [auto]})", "number", [(m - c) / 3600000000.0 for c, m in zip(C, M)]),
     ("minutes_between({created [auto]}, {last modified [auto]})", "number", [(m - c) / 60000000.0 for c, m in zip(C, M)]),
@@ -421,7 +434,7 @@ def test_error_in_a_calculation_names_it() -> None:
     assert details["calculation"] == "needs pushing"
     assert details["field"] == "last pushd"
     assert details["suggestion"] == "last pushed"
-    assert details["position"] == 26
+    assert details["position"] == 25
     assert info.value.message.startswith("calculation 'needs pushing': unknown field {last pushd}")
 
 
@@ -447,7 +460,7 @@ def _error(formula: str, dialect: str = "sqlite") -> FormulaError:
     error = info.value
     assert isinstance(error, Invalid) and 400 <= error.status_code < 500
     assert error.to_json()["error"]["code"] == "invalid_formula"
-    assert error.details["formula"] == formula
+    assert formula.startswith(error.details["formula"])
     return error
 
 
@@ -491,7 +504,7 @@ def test_unknown_field_with_suggestion(formula: str, field: str, suggestion: str
         ("", 0, "empty"),
         ("99999999999999999999", 0, "64-bit"),
         ("total > 1", 0, "braces"),
-        ("{total} > 1 then", 12, "THEN"),
+        ("{total} > 1 then", 12, "unexpected 'then'"),
         ("(" * 60 + "1" + ")" * 60, 40, "nests too deeply"),
         ("not " * 60 + "true", 160, "nests too deeply"),
     ],
@@ -545,7 +558,7 @@ def test_unknown_function_suggests_a_close_one() -> None:
         ("date('2024-02-30')", "is not a date"),
         ("date({customer name})", "date() (or a 'YYYY-MM-DD' text) needs a date or a datetime"),
         ("interval '3 months' + {created [auto]}", "whole numbers of seconds"),
-        ("interval '5000000 days' + {created [auto]}", "longer than 4000 years"),
+        ("interval '5000000 days' + {created [auto]}", "longer than 10,000 years"),
         ("interval '1 day'", "an interval can only be added"),
         ("round({total}, 16)", "from 0 to 15"),
         ("round({total}, {order_id})", "from 0 to 15"),
@@ -613,7 +626,7 @@ def test_injection_formulas_are_refused(db: Db, formula: str) -> None:
         ("'\"; DROP TABLE orders; --'", '"; DROP TABLE orders; --'),
         ("'%(param_1)s ? :x $1'", "%(param_1)s ? :x $1"),
         ("'{total}'", "{total}"),
-        ("'\\'' || ''", "\\"),
+        ("'\\' || ''", "\\"),
     ],
 )
 def test_injection_text_is_a_plain_value(db: Db, formula: str, value: str) -> None:

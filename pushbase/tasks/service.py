@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Mapping
 
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
 from ..errors import Invalid, PushbaseError
-from ..ingest import FINAL_STATUSES, job_status, load_rows_now
+from ..ingest import FINAL_STATUSES, load_rows_now
 from ..leases import new_owner
 from ..outbound import Attempt, OutboundClient
 from ..settings import Settings
@@ -43,7 +42,6 @@ log = logging.getLogger("pushbase.tasks")
 MAX_VIEW_ROWS = 100_000
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: How long a run waits for its load job when another worker runs it (its status is then recorded as it is).
-LOAD_WAIT_SECONDS = 600.0
 _PARSER = Environment()
 
 
@@ -142,18 +140,11 @@ async def execute(
     return await run_task(spec, sender=sender, params=params, secrets=settings.secrets, view_rows=view_rows, load_rows=load_rows)
 
 
-def load_and_wait(store: Store, dataset: str, rows: list[dict[str, Any]], *, timeout: float = LOAD_WAIT_SECONDS) -> dict[str, Any]:
-    """``load_rows_now``, then wait for the job's end: a worker of this or another process may
-    have claimed the job before the inline run could, and then its status is not final yet."""
+def load_and_wait(store: Store, dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``load_rows_now`` (which waits for the job's end, whoever runs it); an unfinished job is an error."""
     status = load_rows_now(store, dataset, rows, source="task")
-    deadline = time.monotonic() + timeout
-    pause = 0.02
-    while status.get("status") not in FINAL_STATUSES and time.monotonic() < deadline:
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-        status = job_status(store, status["jobId"])
     if status.get("status") not in FINAL_STATUSES:
-        raise Invalid(f"job {status['jobId']} is still {status.get('status')} after {timeout:g} s", code="load_timeout", details={"jobId": status["jobId"]})
+        raise Invalid(f"job {status['jobId']} is still {status.get('status')}", code="load_timeout", details={"jobId": status["jobId"]})
     return status
 
 
