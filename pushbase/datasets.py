@@ -132,8 +132,8 @@ def _check_unique_id(unique_id: object, columns: list[Column]) -> list[str]:
     return list(unique_id)
 
 
-def create_dataset(store: Store, body: dict[str, Any]) -> Dataset:
-    name = validate_object_name(body.get("name"), "dataset")
+def create_columns_of(body: dict[str, Any]) -> list[Column]:
+    """The columns a create request asks for: from its sample (with optional type overrides) or its list."""
     if body.get("sample") is not None and body.get("columns") is not None:
         raise Invalid("give either sample or columns, not both", code="invalid_dataset")
     if body.get("sample") is not None:
@@ -151,6 +151,12 @@ def create_dataset(store: Store, body: dict[str, Any]) -> Dataset:
         columns = parse_columns(body["columns"])
     else:
         raise Invalid("a dataset needs a sample object or a columns list", code="invalid_dataset")
+    return columns
+
+
+def create_dataset(store: Store, body: dict[str, Any]) -> Dataset:
+    name = validate_object_name(body.get("name"), "dataset")
+    columns = create_columns_of(body)
     unique_id = _check_unique_id(body.get("unique_id"), columns)
     options = {"ignore_unknown_fields": bool(body.get("ignore_unknown_fields", False))}
     stored = [{"name": c.name, "type": c.type, "col": f"c{i}"} for i, c in enumerate(columns, start=1)]
