@@ -47,7 +47,16 @@ class RowDecoder:
 
     def __init__(self, dialect: str, fields: Sequence[tuple[str, str]]) -> None:
         self.names = ["_id", *[name for name, _ in fields]]
-        self.decoders: list[Callable[[Any], Any]] = [int, *[codecs.decoder(dialect, ftype) for _, ftype in fields]]
+        decoders = [codecs.decoder(dialect, ftype) for _, ftype in fields]
+        # Only the fields whose stored form differs from their JSON form are converted per row.
+        self.converted: list[tuple[str, Callable[[Any], Any]]] = [
+            (name, decode) for (name, _), decode in zip(fields, decoders) if decode is not codecs.identity
+        ]
 
     def __call__(self, row: Sequence[Any]) -> dict[str, Any]:
-        return {name: (None if value is None else decode(value)) for name, decode, value in zip(self.names, self.decoders, row)}
+        out = dict(zip(self.names, row))
+        for name, decode in self.converted:
+            value = out[name]
+            if value is not None:
+                out[name] = decode(value)
+        return out

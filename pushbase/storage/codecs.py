@@ -26,7 +26,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-__all__ = ["sql_type", "encoder", "decoder", "micros_to_datetime", "datetime_to_micros", "iso"]
+__all__ = ["sql_type", "encoder", "decoder", "identity", "micros_to_datetime", "datetime_to_micros", "iso"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -40,9 +40,14 @@ def micros_to_datetime(value: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=value)
 
 
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)
+
+
 def iso(value: dt.datetime) -> str:
     """ISO 8601 in UTC with a ``Z`` and always microseconds, so text order is time order."""
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
 
 
 def sql_type(dialect: str, column_type: str) -> sa.types.TypeEngine[Any]:
@@ -67,7 +72,7 @@ def sql_type(dialect: str, column_type: str) -> sa.types.TypeEngine[Any]:
     }[column_type]
 
 
-def _identity(value: Any) -> Any:
+def identity(value: Any) -> Any:
     return value
 
 
@@ -89,8 +94,8 @@ def _dt_micros(value: Any) -> Any:
 
 def encoder(dialect: str, column_type: str) -> Callable[[Any], Any]:
     if dialect == "sqlite":
-        return {"boolean": _bool_int, "date": _date_text, "datetime": _dt_micros, "json": _json_text}.get(column_type, _identity)
-    return _identity
+        return {"boolean": _bool_int, "date": _date_text, "datetime": _dt_micros, "json": _json_text}.get(column_type, identity)
+    return identity
 
 
 def _dec_json_text(value: Any) -> Any:
@@ -102,7 +107,8 @@ def _dec_bool(value: Any) -> Any:
 
 
 def _dec_micros(value: Any) -> Any:
-    return None if value is None else iso(micros_to_datetime(int(value)))
+    # Hot on every pull of a datetime column: build the naive UTC datetime directly.
+    return None if value is None else (_EPOCH_NAIVE + dt.timedelta(microseconds=int(value))).isoformat(timespec="microseconds") + "Z"
 
 
 def _dec_datetime(value: Any) -> Any:
@@ -113,16 +119,11 @@ def _dec_date(value: Any) -> Any:
     return None if value is None else (value if isinstance(value, str) else value.isoformat())
 
 
-def _dec_number(value: Any) -> Any:
-    return None if value is None else float(value)
-
-
 def decoder(dialect: str, column_type: str) -> Callable[[Any], Any]:
     if dialect == "sqlite":
         return {
             "boolean": _dec_bool,
             "datetime": _dec_micros,
             "json": _dec_json_text,
-            "number": _dec_number,
-        }.get(column_type, _identity)
-    return {"datetime": _dec_datetime, "date": _dec_date, "number": _dec_number, "boolean": _dec_bool}.get(column_type, _identity)
+        }.get(column_type, identity)
+    return {"datetime": _dec_datetime, "date": _dec_date}.get(column_type, identity)
