@@ -172,7 +172,7 @@ class _Handoff:
     """Parsed rows of just-accepted jobs, so this process's worker need not parse the body again.
     Bounded; after a restart the stored body is parsed instead."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 16) -> None:
         self._items: dict[str, Prepared] = {}
         self._lock = threading.Lock()
         self._limit = limit
@@ -270,7 +270,7 @@ def claim_job(store: Store, owner: str, job_id: str | None = None) -> Any | None
             .where(jobs_table.c.id == row.id)
             .values(status="Validating", lease_owner=owner, lease_expires_at=now + LEASE, attempts=row.attempts + 1, started_at=now)
         )
-        return conn.execute(sa.select(jobs_table).where(jobs_table.c.id == row.id)).first()
+        return conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == row.id)).first()
 
 
 def run_job(store: Store, job: Any) -> dict[str, Any]:
@@ -286,7 +286,10 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
     try:
         payload = _handoff(store).take(job_id)
         if payload is None:
-            payload = prepare_payload(store, dataset, job.operation, job.body or b"", job.content_type)
+            # Not accepted by this process (or after a restart): read the stored body.
+            with store.read() as conn:
+                body = conn.execute(sa.select(jobs_table.c.body).where(jobs_table.c.id == job_id)).scalar() or b""
+            payload = prepare_payload(store, dataset, job.operation, body, job.content_type)
         items = payload.items or []
         if job.operation == "load":
             checked = payload.checked if payload.checked is not None else loading.check_rows(store, dataset, items)
@@ -318,21 +321,34 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
                 rows_updated=counts.updated,
                 rows_unchanged=counts.unchanged,
                 rows_deleted=counts.deleted,
-                body=None,
             )
             if counts.inserted or counts.updated or counts.deleted:
                 store.notify(conn, DATA_CHANNEL, str(dataset.id))
     except JobFailed as failed:
         with store.write() as conn:
-            _finish(store, conn, job_id, "ErrorExit", errors=failed.errors, reason=failed.reason, body=None)
+            _finish(store, conn, job_id, "ErrorExit", errors=failed.errors, reason=failed.reason)
     except (BadRequest, Invalid) as exc:
         with store.write() as conn:
-            _finish(store, conn, job_id, "ErrorExit", errors=[], reason=exc.message, body=None)
+            _finish(store, conn, job_id, "ErrorExit", errors=[], reason=exc.message)
     except Exception as exc:  # noqa: BLE001 - a job must end with a reason, never hang in Loading
         log.exception("job %s failed unexpectedly", job_id)
         with store.write() as conn:
-            _finish(store, conn, job_id, "TerminatedExit", reason=f"internal error: {type(exc).__name__}", body=None)
+            _finish(store, conn, job_id, "TerminatedExit", reason=f"internal error: {type(exc).__name__}")
     return job_status(store, job_id)
+
+
+BODY_RETENTION = dt.timedelta(minutes=10)
+
+
+def purge_bodies(store: Store) -> int:
+    """Drop the stored bodies of jobs that ended a while ago. Done in the background rather than in
+    each job's final commit, so the hot path does not write every body twice."""
+    with store.write() as conn:
+        return conn.execute(
+            jobs_table.update()
+            .where(jobs_table.c.finished_at < utc_now() - BODY_RETENTION, jobs_table.c.body.is_not(None))
+            .values(body=None)
+        ).rowcount or 0
 
 
 def recover_orphaned_jobs(store: Store) -> int:
@@ -403,8 +419,12 @@ class IngestWorker:
             thread.join(timeout=10)
 
     def _loop(self) -> None:
+        next_purge = time.monotonic() + 60
         while not self._stop.is_set():
             try:
+                if time.monotonic() > next_purge:
+                    next_purge = time.monotonic() + 60
+                    purge_bodies(self.store)
                 done = run_next_job(self.store, self.owner)
             except Exception:  # noqa: BLE001 - keep the worker alive; the job's lease brings it back
                 log.exception("ingest worker error")
