@@ -487,8 +487,8 @@ def test_unknown_field_with_suggestion(formula: str, field: str, suggestion: str
 @pytest.mark.parametrize(
     ("formula", "position", "fragment"),
     [
-        ("{total} +", 9, "end of the formula"),
-        ("({total} + 1", 12, "expected ')'"),
+        ("{total} +", 9, "a value is missing at the end of the formula"),
+        ("({total} + 1", 12, "expected ')' but found the end of the formula"),
         ("{total} + * 2", 10, "unexpected '*'"),
         ("{total} 2", 8, "unexpected '2'"),
         ("{total", 0, "not closed"),
@@ -583,6 +583,45 @@ def test_formula_length_and_complexity_limits() -> None:
     with pytest.raises(FormulaError) as info:
         compile_calculations(calcs, _fields("sqlite"), "sqlite")
     assert "too complex" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("add_hours(", ", 1)"),
+        ("round(", " * 1.5, 2)"),
+        ("if({paid}, ", ", 0)"),
+        ("(", " * 2 - {order_id})"),
+        ("lower(", " || 'x')"),
+        ("coalesce(", ", 1.5)"),
+    ],
+)
+def test_formulas_at_the_complexity_limit_still_run_in_a_view_query(db: Db, start: str, end: str) -> None:
+    """The deepest formula accepted still runs where the view engine puts it: labelled in the select
+    list, in filters, sorted with empty values last, and compared with a paging cursor."""
+    leaf = {"add_hours(": "{created [auto]}", "lower(": "{customer name}"}.get(start, "{total}")
+    accepted = None
+    for depth in range(1, 80):
+        formula = start * depth + leaf + end * depth
+        try:
+            accepted = compile_formula(formula, db.fields, db.dialect)
+        except FormulaError as exc:
+            assert "too complex" in exc.message or "nests too deeply" in exc.message
+            break
+    assert accepted is not None and depth > 3
+    expr = accepted.expr
+    sample = {"datetime": "2024-01-01T00:00:00Z", "number": 1.5, "integer": 1, "string": "x"}[accepted.type]
+    cursor = encoder(db.dialect, accepted.type)(validator_for(accepted.type)(sample))  # as query.py pages
+    query = (
+        sa.select(db.id, expr.label("v"))
+        .where(
+            *parse_filters([{"field": "calc", "op": "is_not_empty"}], {"calc": FieldRef("calc", accepted.type, expr)}, db.dialect),
+            sa.or_(sa.and_(expr == cursor, db.id > 1), sa.or_(expr > cursor, expr.is_(None))),
+        )
+        .order_by(sa.case((expr.is_(None), 1), else_=0), expr.desc(), db.id)
+    )
+    with db.engine.connect() as conn:
+        conn.execute(query).all()
 
 
 def test_long_but_reasonable_formulas_compile(db: Db) -> None:

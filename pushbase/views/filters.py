@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import orjson
+import sqlalchemy as sa
 
 from ..columns import validator_for
 from ..errors import Invalid
-from .formulas import FieldRef, bind, closest_name, macro, sqltype
+from .formulas import FieldRef, _dialect, bind, closest_name, macro, sqltype
 
 __all__ = ["FilterOp", "FILTERS", "MAX_IN_VALUES", "describe", "parse_filters", "coerce_value"]
 
@@ -52,6 +53,7 @@ class FilterOp:
 
     def build(self, field: FieldRef, value: Any, dialect: str) -> Any:
         """The SQL condition for ``field`` with ``value`` (checked and coerced to the field's type)."""
+        dialect = _dialect(dialect)
         if field.type not in self.field_types:
             kinds = ", ".join(self.field_types)
             raise Invalid(
@@ -94,8 +96,12 @@ def coerce_value(field: FieldRef, op: str, value: Any) -> Any:
     kind = field.type
     try:
         if kind == "integer":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return validator_for("integer")(value)
             number = validator_for("number")(value)
-            return int(number) if isinstance(number, float) and number.is_integer() and abs(number) < 2**53 else number
+            if isinstance(number, float) and number.is_integer() and -(2**63) <= number < 2**63:
+                return int(number)
+            return number  # compared as doubles (see _operands)
         if kind == "datetime":
             try:
                 return validator_for("datetime")(value)
@@ -121,12 +127,15 @@ def coerce_value(field: FieldRef, op: str, value: Any) -> Any:
     return canonical
 
 
-def _param(field: FieldRef, op: str, value: Any, dialect: str) -> Any:
-    canonical = coerce_value(field, op, value)
-    type_name = field.type
-    if field.type == "integer" and isinstance(canonical, float):
-        type_name = "number"
-    return bind(dialect, type_name, canonical)
+def _operands(field: FieldRef, op: str, values: list[Any], dialect: str) -> tuple[Any, list[Any]]:
+    """The field's expression and the values as bound parameters of its type. An integer field met
+    with a fractional or out-of-range number is compared as a double on both engines."""
+    canonical = [coerce_value(field, op, value) for value in values]
+    if field.type == "integer" and any(isinstance(value, float) for value in canonical):
+        cast = "CAST({0} AS DOUBLE PRECISION)" if dialect == "postgresql" else "CAST({0} AS REAL)"
+        expr = macro(cast, field.expr, type_=sqltype(dialect, "number"))
+        return expr, [bind(dialect, "number", float(value)) for value in canonical]
+    return field.expr, [bind(dialect, field.type, value) for value in canonical]
 
 
 def _boolean(template: str, *args: Any, dialect: str) -> Any:
@@ -134,28 +143,36 @@ def _boolean(template: str, *args: Any, dialect: str) -> Any:
 
 
 def _collated(field: FieldRef, dialect: str, index: int) -> str:
-    return '{%d} COLLATE "C"' % index if dialect == "postgresql" and field.type == "string" else "{%d}" % index
+    return '({%d} COLLATE "C")' % index if dialect == "postgresql" and field.type == "string" else "{%d}" % index
 
 
 def _equals(field: FieldRef, value: Any, dialect: str) -> Any:
-    return _boolean("({0} = {1})", field.expr, _param(field, "equals", value, dialect), dialect=dialect)
+    expr, (param,) = _operands(field, "equals", [value], dialect)
+    return _boolean("({0} = {1})", expr, param, dialect=dialect)
 
 
 def _not_equals(field: FieldRef, value: Any, dialect: str) -> Any:
+    expr, (param,) = _operands(field, "not_equals", [value], dialect)
     template = "({0} IS DISTINCT FROM {1})" if dialect == "postgresql" else "({0} IS NOT {1})"
-    return _boolean(template, field.expr, _param(field, "not_equals", value, dialect), dialect=dialect)
+    return _boolean(template, expr, param, dialect=dialect)
 
 
 def _ordered(op: str, symbol: str) -> Callable[[FieldRef, Any, str], Any]:
     def build(field: FieldRef, value: Any, dialect: str) -> Any:
+        expr, (param,) = _operands(field, op, [value], dialect)
         template = "(%s %s %s)" % (_collated(field, dialect, 0), symbol, _collated(field, dialect, 1))
-        return _boolean(template, field.expr, _param(field, op, value, dialect), dialect=dialect)
+        return _boolean(template, expr, param, dialect=dialect)
 
     return build
 
 
 def _is_empty(field: FieldRef, value: Any, dialect: str) -> Any:
-    template = "(COALESCE({0}, '') = '')" if field.type == "string" else "({0} IS NULL)"
+    if field.type != "string":
+        template = "({0} IS NULL)"
+    elif isinstance(field.expr, sa.Column):
+        template = "({0} IS NULL OR {0} = '')"  # a plain column: keep it usable by an index
+    else:
+        template = "(COALESCE({0}, '') = '')"  # a calculation: write it once
     return _boolean(template, field.expr, dialect=dialect)
 
 
@@ -192,9 +209,9 @@ def _in(field: FieldRef, value: Any, dialect: str) -> Any:
         raise _bad(field, "in", f"{len(value)} values", f"in takes at most {MAX_IN_VALUES} values")
     if not value:
         return _boolean("(1 = 0)", dialect=dialect)
-    params = [_param(field, "in", item, dialect) for item in value]
+    expr, params = _operands(field, "in", value, dialect)
     template = "({0} IN (%s))" % ", ".join("{%d}" % (i + 1) for i in range(len(params)))
-    return _boolean(template, field.expr, *params, dialect=dialect)
+    return _boolean(template, expr, *params, dialect=dialect)
 
 
 FILTERS: dict[str, FilterOp] = {
@@ -279,7 +296,3 @@ def parse_filters(raw_list: Any, fields: Mapping[str, FieldRef], dialect: str) -
             details["index"] = index
             raise Invalid(f"{where}: {exc.message}", code=exc.code, details=details) from None
     return conditions
-
-
-def describe_all(filters: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [describe(item) for item in filters]

@@ -26,10 +26,11 @@ fixed templates in this module (``_Macro``), one per operation and engine, so ea
 answers match the other's:
 
 * ``/`` always gives a number; division by zero gives null. Integer ``+ - *`` are exact 64-bit and give
-  null when the result reaches the 64-bit limits (instead of PostgreSQL's error / SQLite's silent switch
-  to floating point). Number arithmetic is IEEE double; a result beyond the largest double is null (on
-  PostgreSQL the edges are decided on NUMERIC copies inside a ``(SELECT ... FROM (SELECT x, y))``
-  "let", so no overflow or underflow error can reach the client).
+  null on overflow (instead of PostgreSQL's error / SQLite's silent switch to floating point; on SQLite a
+  whole chain is checked once, see ``_Compiler.settle``). Number arithmetic is IEEE double; a result beyond the largest double is null (on
+  PostgreSQL the edges are decided exactly inside a ``(SELECT ... FROM (SELECT x, y OFFSET 0))``
+  "let", so no overflow or underflow error can reach the client; ``OFFSET 0`` stops the planner from
+  flattening the let, which would copy x into every place that reads it, exponentially when nested).
 * Text order and ``lower``/``upper`` follow SQLite's rules (code point order, ASCII letters only), using
   ``COLLATE "C"`` on PostgreSQL.
 * Datetimes are UTC instants (SQLite: integer microseconds; PostgreSQL: timestamptz, computed without the
@@ -47,7 +48,7 @@ import datetime as dt
 import difflib
 import re
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -184,7 +185,8 @@ def macro(template: str, *args: Any, type_: Any, kind: str = "") -> _Macro:
         _MACRO_CLASSES[kind + template] = cls
     element = cls(*args, type_=type_)
     element._pb_depth = 1 + max((_depth(arg) for arg in args), default=0)  # type: ignore[attr-defined]
-    element._pb_size = 1 + sum(_size(arg) for arg in args)  # type: ignore[attr-defined]
+    uses = [max(1, template.count("{%d}" % i)) for i in range(len(args))]
+    element._pb_size = 1 + sum(n * _size(arg) for n, arg in zip(uses, args))  # type: ignore[attr-defined]
     return element
 
 
@@ -339,8 +341,11 @@ class _Parser:
 
     def error(self, message: str, token: _Token | None = None) -> FormulaError:
         token = token or self.tok
-        where = "at the end of the formula" if token.kind == "end" else f"at position {token.pos}"
-        return FormulaError(f"{message} {where}", formula=self.formula, position=token.pos)
+        if token.kind != "end":
+            message += f" at position {token.pos}"
+        elif "end of the formula" not in message:
+            message += " at the end of the formula"
+        return FormulaError(message, formula=self.formula, position=token.pos)
 
     def describe(self, token: _Token) -> str:
         if token.kind == "end":
@@ -547,6 +552,8 @@ class _Parser:
                 position=token.pos,
                 field=token.text,
             )
+        if token.kind == "end":
+            raise self.error("a value is missing")
         raise self.error(f"unexpected {self.describe(token)}")
 
     def case(self) -> _Node:
@@ -653,17 +660,25 @@ _ORDERED = ("integer", "number", "string", "date", "datetime", "boolean")
 
 # Bounds, as SQL text constants of this module. Integer results must lie strictly between the smallest
 # and the largest 64-bit integer; datetimes and dates between 0001-01-01 and 9999-12-31 (UTC).
-_I64_MAX = "9223372036854775807"
-_I64_MIN = "-9223372036854775808"
+_I64_ABOVE = "9223372036854775808"  # PostgreSQL NUMERIC bounds just outside the 64-bit range
+_I64_BELOW = "-9223372036854775809"
 _MICROS_LO = "-62135596800000001"  # SQLite: one microsecond before 0001-01-01T00:00:00Z
 _MICROS_HI = "253402300800000000"  # SQLite: one microsecond after 9999-12-31T23:59:59.999999Z
 _SPAN_DAYS = "3652059"  # days from 0001-01-01 to 10000-01-01
 _SPAN_MICROS = "315537897600000000"  # the same in microseconds
 _PG_TS_ORIGIN = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
-# PostgreSQL double precision results: the IEEE value, null beyond the largest double, 0 below the
-# smallest; the edges are decided on NUMERIC copies (15 digits), so no operation can raise an error.
-_DBL_EDGE = "1.79769313486231e308"
-_DBL_TINY = "2.4703282292063e-324"
+
+
+def _f8(value: float) -> str:
+    """A double as PostgreSQL SQL text that reads back exactly (repr round-trips; strtod rounds correctly)."""
+    return f"CAST('{value!r}' AS DOUBLE PRECISION)"
+
+
+# PostgreSQL raises an error when double precision arithmetic overflows or underflows to zero; SQLite
+# gives +-Inf or 0. To give SQLite's IEEE answers without errors, PostgreSQL decides the edge cases on
+# copies scaled by powers of two (exact), bucketing each operand as small (< 2^-511), normal or big
+# (> 2^511). See _pg_float_template.
+_P2 = {k: _f8(2.0**k) for k in (-600, -511, -475, -176, 125, 424, 511, 600, 1023)}
 
 
 def _clamp_null(dialect: str, inner: str, lo: str, hi: str) -> str:
@@ -685,12 +700,13 @@ class _Value:
     pos: int
     literal: Any = None  # the Python value of a literal (text, number, interval seconds), else None
     is_literal: bool = False
+    # SQLite only: "int" or "num" when ``expr`` is unchecked arithmetic (see _Compiler.settle)
+    raw: str = ""
 
 
 class _Compiler:
     def __init__(self, formula: str, fields: Mapping[str, FieldRef], dialect: str, calculation: str | None = None) -> None:
-        if dialect not in DIALECTS:
-            raise ValueError(f"unknown dialect {dialect!r}")
+        dialect = _dialect(dialect)
         self.formula = formula
         self.fields = fields
         self.dialect = dialect
@@ -834,12 +850,27 @@ class _Compiler:
             )
         return result
 
-    def node(self, node: _Node) -> _Value:
+    def node(self, node: _Node, raw_ok: bool = False) -> _Value:
         method: Callable[[_Node], _Value] = getattr(self, "node_" + node.kind)
         value = method(node)
+        if value.raw and not raw_ok:
+            value = self.settle(value)
         if value.expr is not None and _depth(value.expr) > MAX_DEPTH:
             raise self.error(f"the formula is too complex (more than {MAX_DEPTH} nested operations)", node.pos)
         return value
+
+    def settle(self, v: _Value) -> _Value:
+        """Check unchecked SQLite arithmetic once, where its value leaves a chain of operations.
+
+        SQLite's integer ``+ - *`` switch to floating point on overflow and stay there through the rest
+        of the chain, so one ``typeof`` test at the end finds any overflow. Floating point ``+ - *``
+        carry +-Inf (or NaN, which SQLite makes NULL) to the end, where Inf becomes NULL. PostgreSQL
+        checks every operation instead (it has no parser limit to save)."""
+        if v.raw == "int":
+            return self.value("(CASE typeof({0}) WHEN 'integer' THEN {0} END)", [v], "integer", v.pos)
+        if v.raw == "num":
+            return self.value("NULLIF(NULLIF({0}, 9e999), -9e999)", [v], "number", v.pos)
+        return v
 
     # -- leaves
     def node_literal(self, node: _Node) -> _Value:
@@ -857,7 +888,7 @@ class _Compiler:
         return self.lit("string", value, node.pos)
 
     def node_typed(self, node: _Node) -> _Value:
-        text, text_pos = node.extra
+        text, _ = node.extra
         return self.typed_literal(node.value, text, node.pos)
 
     def node_field(self, node: _Node) -> _Value:
@@ -885,20 +916,26 @@ class _Compiler:
     # -- operators
     def node_unary(self, node: _Node) -> _Value:
         (operand_node,) = node.args
-        v = self.node(operand_node)
+        v = self.node(operand_node, raw_ok=True)
         if node.value == "not":
+            v = self.settle(v)
             self.require(v, ("boolean",), "NOT")
             return self.value("(NOT {0})", [v], "boolean", node.pos)
         self.require(v, _NUMERIC, f"unary {node.value!r}")
         if node.value == "+":
             return v
         if v.type == "number":
-            return self.value("(- {0})", [v], "number", node.pos)
+            return replace(self.value("(- {0})", [v], "number", node.pos), raw=v.raw)
         return self.int_arith("-", self.lit("integer", 0, node.pos), v, node.pos)
 
     def node_binary(self, node: _Node) -> _Value:
         op = node.value
-        left, right = (self.node(arg) for arg in node.args)
+        left, right = (self.node(arg, raw_ok=True) for arg in node.args)
+        if op in ("+", "-", "*") and left.type == right.type == "integer":
+            return self.int_arith(op, left, right, node.pos)
+        if op in ("+", "-", "*", "/") and left.type in _NUMERIC and right.type in _NUMERIC:
+            return self.float_arith(op, left, right, node.pos)
+        left, right = self.settle(left), self.settle(right)
         if op in ("and", "or"):
             self.require(left, ("boolean",), op.upper())
             self.require(right, ("boolean",), op.upper())
@@ -909,60 +946,40 @@ class _Compiler:
             return self.concat([left, right], node.pos, "'||'")
         if op in ("+", "-"):
             return self.add(op, left, right, node.pos)
-        # * and /
+        # * and / on something that is not a number
         self.require(left, _NUMERIC, f"{op!r}")
         self.require(right, _NUMERIC, f"{op!r}")
-        if op == "*" and left.type == right.type == "integer":
-            return self.int_arith("*", left, right, node.pos)
-        return self.float_arith(op, left, right, node.pos)
+        raise AssertionError("unreachable")
 
     def int_arith(self, op: str, left: _Value, right: _Value, pos: int) -> _Value:
-        """Exact 64-bit integer arithmetic; null when the result reaches the 64-bit limits."""
+        """Exact 64-bit integer arithmetic; null on overflow."""
         if self.pg:
             inner = "(CAST({0} AS NUMERIC) %s CAST({1} AS NUMERIC))" % op
-            template = "CAST(%s AS BIGINT)" % _clamp_null("postgresql", inner, _I64_MIN, _I64_MAX)
-        else:
-            # SQLite switches to floating point on overflow; CAST saturates that at the limits.
-            template = "NULLIF(NULLIF(CAST(({0} %s {1}) AS INTEGER), %s), %s)" % (op, _I64_MAX, _I64_MIN)
-        return self.value(template, [left, right], "integer", pos)
+            template = "CAST(%s AS BIGINT)" % _clamp_null("postgresql", inner, _I64_BELOW, _I64_ABOVE)
+            return self.value(template, [left, right], "integer", pos)
+        return replace(self.value("({0} %s {1})" % op, [left, right], "integer", pos), raw="int")
 
     def float_arith(self, op: str, left: _Value, right: _Value, pos: int) -> _Value:
         """IEEE double arithmetic; null on overflow and division by zero (the same on both engines)."""
-        if op == "/" and left.type == right.type == "integer":
-            left = self.to_float(left)
-        if not self.pg:
-            # SQLite gives +-Inf on overflow and NULL for x / 0.
-            return self.value("NULLIF(NULLIF(({0} %s {1}), 9e999), -9e999)" % op, [left, right], "number", pos)
-        x, y = "pb__let.x", "pb__let.y"
-        nx, ny = f"CAST({x} AS NUMERIC)", f"CAST({y} AS NUMERIC)"
-        safe = f"ABS({x}) BETWEEN 1e-150 AND 1e150 AND ABS({y}) BETWEEN 1e-150 AND 1e150"
-        if op in ("+", "-"):
-            body = (
-                f"CASE WHEN ABS({x}) < 8.9e307 AND ABS({y}) < 8.9e307 THEN {x} {op} {y} "
-                f"WHEN ABS({nx} {op} {ny}) < {_DBL_EDGE} THEN {x} {op} {y} END"
-            )
-        elif op == "*":
-            body = (
-                f"CASE WHEN {x} = 0 OR {y} = 0 THEN {x} * {y} WHEN {safe} THEN {x} * {y} "
-                f"WHEN ABS({nx} * {ny}) >= {_DBL_EDGE} THEN NULL "
-                f"WHEN ABS({nx} * {ny}) < {_DBL_TINY} THEN {x} * 0.0 * {y} ELSE {x} * {y} END"
-            )
-        else:
-            body = (
-                f"CASE WHEN {y} = 0 THEN NULL WHEN {x} = 0 THEN {x} / {y} WHEN {safe} THEN {x} / {y} "
-                f"WHEN ABS({nx} / {ny}) >= {_DBL_EDGE} THEN NULL "
-                f"WHEN ABS({nx} / {ny}) < {_DBL_TINY} THEN {x} * 0.0 / {y} ELSE {x} / {y} END"
-            )
-        template = "(SELECT %s FROM (SELECT {0} AS x, {1} AS y) AS pb__let)" % body
-        return self.value(template, [left, right], "number", pos)
+        if left.raw == "int":
+            left = self.settle(left)
+        if right.raw == "int":
+            right = self.settle(right)
+        if op == "/":
+            # x / Inf would hide an overflow: division takes checked operands.
+            left, right = self.settle(left), self.settle(right)
+            if left.type == right.type == "integer":
+                left = self.to_float(left)
+        if self.pg:
+            # (the template takes ABS() of its operands: never of a bigint, whose smallest value has none)
+            left, right = self.to_float(left), self.to_float(right)
+            return self.value(_pg_float_template(op), [left, right], "number", pos)
+        # SQLite gives +-Inf on overflow (checked by settle) and NULL for x / 0.
+        return replace(self.value("({0} %s {1})" % op, [left, right], "number", pos), raw="num")
 
     def add(self, op: str, left: _Value, right: _Value, pos: int) -> _Value:
         lt, rt = left.type, right.type
-        if lt in _NUMERIC and rt in _NUMERIC:
-            if lt == rt == "integer":
-                return self.int_arith(op, left, right, pos)
-            return self.float_arith(op, left, right, pos)
-        # date +/- whole days, date - date, date/datetime +/- interval
+        # (numbers were handled by node_binary) date +/- whole days, date - date, date/datetime +/- interval
         if lt == "date" and rt == "integer":
             return self.shift(left, right, "days", pos, negate=op == "-")
         if op == "+" and lt == "integer" and rt == "date":
@@ -1019,7 +1036,7 @@ class _Compiler:
             template = (
                 f"(SELECT {_PG_TS_ORIGIN} + CAST(TRUNC(pb__let.x / 86400000000) AS DOUBLE PRECISION) * INTERVAL '24 hours' "
                 "+ CAST(MOD(pb__let.x, 86400000000) AS DOUBLE PRECISION) * INTERVAL '1 microsecond' "
-                f"FROM (SELECT {_clamp_null('postgresql', micros, '-1', _SPAN_MICROS)} AS x) AS pb__let)"
+                f"FROM (SELECT {_clamp_null('postgresql', micros, '-1', _SPAN_MICROS)} AS x OFFSET 0) AS pb__let)"
             )
         else:
             # An overflowing product turns into floating point, which the bounds turn into NULL.
@@ -1053,6 +1070,8 @@ class _Compiler:
         if "interval" in (lt, rt):
             raise self.error("an interval can only be added to or subtracted from a date or datetime", pos)
         if lt in _NUMERIC and rt in _NUMERIC:
+            if lt != rt:  # compare as doubles on both engines (PostgreSQL would, SQLite would not)
+                left, right = self.to_float(left), self.to_float(right)
             return left, right, "number"
         if {lt, rt} == {"date", "datetime"}:
             return self.to_datetime(left), self.to_datetime(right), "datetime"
@@ -1083,7 +1102,7 @@ class _Compiler:
             if v.type not in _TEXTUAL:
                 raise self.error(
                     f"{what} joins text, integers, dates and booleans, not {_type_words(v.type)}"
-                    + (" (use round() on numbers first? numbers cannot be joined; compare them instead)" if v.type == "number" else ""),
+                    + (" (numbers cannot be joined: their text form differs between databases)" if v.type == "number" else ""),
                     v.pos,
                 )
             texts.append(self.to_text(v))
@@ -1109,6 +1128,8 @@ class _Compiler:
 
     def common_list(self, subject: _Value, items: Sequence[_Value], what: str, ordered: bool) -> tuple[_Value, list[_Value]]:
         """``subject`` and ``items`` brought to one comparable type (for IN, BETWEEN, CASE x WHEN)."""
+        if {subject.type, *(item.type for item in items)} == {"integer", "number"}:
+            subject, items = self.to_float(subject), [self.to_float(item) for item in items]
         pairs = [self.compatible(subject, item, what, item.pos, ordered=ordered) for item in items]
         if len({left.type for left, _, _ in pairs}) > 1:
             raise self.error(f"{what} compares values of different types", subject.pos)
@@ -1221,6 +1242,9 @@ class _Compiler:
         return self.concat(args, pos, "concat()", null_as_empty=True)
 
     def fn_round(self, args: list[_Value], pos: int) -> _Value:
+        """Half away from zero, computed with the same IEEE operations on both engines: x * 10^digits,
+        nudged up by 4 units in the last place (so 0.285 -> 0.29 as on paper, although 0.285 is stored
+        as 0.28499999999999998), rounded, divided back. Numbers of 2^52 and more have no fraction."""
         x = args[0]
         self.require(x, _NUMERIC, "round()")
         digits = 0
@@ -1231,19 +1255,23 @@ class _Compiler:
             digits = d.literal
         if x.type == "integer":
             return x
+        scale = self.lit("number", float(10**digits), pos)
+        nudge = self.lit("number", 1.0 + 4 * 2.0**-52, pos)
         if self.pg:
-            # Rounds the value's decimal form half away from zero, as SQLite does; numbers of 2^52 and
-            # more have no fraction and stay as they are.
-            n = _Value(sa.literal(digits, sa.Integer()), "integer", pos)
+            r = "pb__let.x * pb__let.p * pb__let.k"
             template = (
                 "(SELECT CASE WHEN ABS(pb__let.x) >= 4503599627370496 THEN pb__let.x "
-                "ELSE CAST(ROUND(CAST(pb__let.x AS NUMERIC), {1}) AS DOUBLE PRECISION) END "
-                "FROM (SELECT {0} AS x) AS pb__let)"
+                f"WHEN ABS({r}) >= 4503599627370496 THEN pb__let.x "
+                f"ELSE SIGN({r}) * TRUNC(ABS({r}) + 0.5) / pb__let.p END "
+                "FROM (SELECT {0} AS x, {1} AS p, {2} AS k OFFSET 0) AS pb__let)"
             )
         else:
-            n = self.lit("integer", digits, pos)
-            template = "ROUND({0}, {1})"
-        return self.value(template, [x, n], "number", pos)
+            # SQLite's ROUND(r, 0) is (r >= 0 ? 1 : -1) * (int)(|r| + 0.5): the same operations.
+            template = (
+                "(CASE WHEN ABS({0} * {1} * {2}) >= 4503599627370496 THEN {0} "
+                "ELSE ROUND({0} * {1} * {2}, 0) / {1} END)"
+            )
+        return self.value(template, [x, scale, nudge], "number", pos)
 
     def fn_abs(self, args: list[_Value], pos: int) -> _Value:
         x = args[0]
@@ -1311,6 +1339,57 @@ class _Compiler:
         return self._between("seconds", args, pos)
 
 
+def _pg_float_template(op: str) -> str:
+    """PostgreSQL SQL for ``{0} op {1}`` on doubles with SQLite's IEEE answers and never an error.
+
+    Scaling by 2^k is exact while results stay normal, and rounding commutes with it, so comparing a
+    scaled result with a scaled threshold decides exactly whether the real result overflows (is at least
+    2^1024 - 2^970) or underflows to zero (is at most 2^-1075)."""
+    P = _P2
+    if op in ("+", "-"):
+        # Two operands below 2^1023 cannot overflow; one below 1e290 (< half an ulp of the largest
+        # double) cannot push the other over; otherwise halves are exact and decide.
+        x, y = "pb__let.x", "pb__let.y"
+        body = (
+            f"CASE WHEN ABS({x}) < {P[1023]} AND ABS({y}) < {P[1023]} THEN {x} {op} {y} "
+            f"WHEN ABS({x}) < 1e290 OR ABS({y}) < 1e290 THEN {x} {op} {y} "
+            f"WHEN ABS({x} * 0.5 {op} {y} * 0.5) >= {P[1023]} THEN NULL ELSE {x} {op} {y} END"
+        )
+        return "(SELECT %s FROM (SELECT {0} AS x, {1} AS y OFFSET 0) AS pb__let)" % body
+    x, y, k, xh, yh = "pb__s.x", "pb__s.y", "pb__s.k", "pb__s.xh", "pb__s.yh"
+    scaled = f"ABS({xh} {op} {yh})"
+    zero = f"{x} * 0.0 {op} {y}"
+    if op == "*":
+        first = f"WHEN {x} = 0 OR {y} = 0 THEN {x} * {y} "
+        k_sql = "pb__b.kx + pb__b.ky"
+    else:
+        first = f"WHEN {y} = 0 THEN NULL WHEN {x} = 0 THEN {x} / {y} "
+        k_sql = "pb__b.kx - pb__b.ky"
+    body = (
+        f"CASE {first}WHEN {k} = 0 THEN {x} {op} {y} "
+        f"WHEN {k} = 1 THEN CASE WHEN {scaled} >= {P[424]} THEN NULL ELSE {x} {op} {y} END "
+        f"WHEN {k} = 2 THEN CASE WHEN {scaled} >= {P[-176]} THEN NULL ELSE {x} {op} {y} END "
+        f"WHEN {k} = -1 THEN CASE WHEN {scaled} <= {P[-475]} THEN {zero} ELSE {x} {op} {y} END "
+        f"ELSE CASE WHEN {scaled} <= {P[125]} THEN {zero} ELSE {x} {op} {y} END END"
+    )
+
+    def bucket(v: str) -> str:
+        return f"CASE WHEN ABS({v}) < {P[-511]} THEN -1 WHEN ABS({v}) > {P[511]} THEN 1 ELSE 0 END"
+
+    def factor(v: str) -> str:
+        return f"CASE WHEN ABS({v}) < {P[-511]} THEN {P[600]} WHEN ABS({v}) > {P[511]} THEN {P[-600]} ELSE 1.0 END"
+
+    buckets = (
+        f"SELECT pb__v.x, pb__v.y, {bucket('pb__v.x')} AS kx, {bucket('pb__v.y')} AS ky, "
+        f"{factor('pb__v.x')} AS fx, {factor('pb__v.y')} AS fy FROM (SELECT {{0}} AS x, {{1}} AS y OFFSET 0) AS pb__v OFFSET 0"
+    )
+    scaled_sql = (
+        f"SELECT pb__b.x, pb__b.y, {k_sql} AS k, pb__b.x * pb__b.fx AS xh, pb__b.y * pb__b.fy AS yh "
+        f"FROM ({buckets}) AS pb__b OFFSET 0"
+    )
+    return f"(SELECT {body} FROM ({scaled_sql}) AS pb__s)"
+
+
 _SQLITE_MARGIN = 4  # function calls a caller may still wrap around a formula (filters, the view's query)
 
 
@@ -1334,6 +1413,15 @@ def _sqlite_parses(expr: Any) -> bool:
     finally:
         connection.close()
     return True
+
+
+def _dialect(name: str) -> str:
+    """"sqlite" or "postgresql" (SQLAlchemy's dialect names; "postgres" is accepted too)."""
+    if name == "sqlite":
+        return name
+    if name in ("postgresql", "postgres"):
+        return "postgresql"
+    raise ValueError(f"unknown dialect {name!r}: expected one of {', '.join(DIALECTS)}")
 
 
 def _arity(spec: FunctionSpec) -> str:
