@@ -37,6 +37,9 @@ def test_rows_arrive_without_further_action_and_get_stamped(api, receiver):
     assert delivered_ids(receiver.requests[1:]) == [4]
     state = api.get("/api/pushes/out").json()["state"]
     assert state["status"] == "ok" and state["last_success_at"] and state["consecutive_failures"] == 0
+    metrics = api.get("/metrics").text
+    assert 'pushbase_push_deliveries_total{outcome="succeeded"}' in metrics
+    assert "pushbase_push_rows_delivered_total" in metrics and "pushbase_push_delivery_seconds_bucket" in metrics
 
 
 def test_form_format_is_one_json_parameter_like_agilebase(api, receiver):
@@ -253,14 +256,17 @@ def test_429_retry_after_is_honoured(api, receiver):
 def test_a_hanging_endpoint_does_not_delay_another_push(api):
     with Receiver() as slow, Receiver() as fast:
         setup_orders(api)
+        api.patch("/api/datasets/orders", json={"add_columns": [{"name": "pushed fast", "type": "datetime"}]})
+        api.post("/api/views", json={"name": "to_push_fast", "dataset": "orders", "filters": [{"field": "pushed fast", "op": "is_empty"}]})
         slow.hang()
         make_push(api, slow.url + "/hook", name="slow", timeout="30s")
-        make_push(api, fast.url + "/hook", name="fast", log_time_field="last pushed")
+        make_push(api, fast.url + "/hook", name="fast", view="to_push_fast", log_time_field="pushed fast")
         api.load("orders", orders(1))
         assert slow.wait_for(1, timeout=15)
         # The slow call is still open; the fast push delivers meanwhile.
         assert fast.wait_for(1, timeout=15)
         assert delivered_ids(fast.requests) == [1]
+        eventually(lambda: api.all_rows("/api/datasets/orders/rows")[0]["pushed fast"])
         assert deliveries(api, "slow")[0]["status"] == "pending"
         slow.release()
 
@@ -306,3 +312,31 @@ def test_each_delivered_call_is_published_to_the_view_stream(api, store, receive
     event = eventually(lambda: heard and heard[0])
     assert event["view"] == "to_push" and event["push"] == "out" and event["rows"] == 2
     assert event["webhook_id"] == receiver.requests[0].headers["webhook-id"] and event["at"]
+
+
+def test_a_run_by_hand_and_the_worker_never_work_a_push_at_once(api, receiver):
+    import threading
+
+    setup_orders(api)
+    make_push(api, receiver.url + "/hook", min_interval="1d")
+    api.load("orders", orders(1))
+    assert receiver.wait_for(1, timeout=15)  # the first run is allowed at once; the next not for a day
+    eventually(lambda: stamped(api)[1])
+    receiver.gate()
+    api.load("orders", orders(2))
+    answer: dict = {}
+    manual = threading.Thread(target=lambda: answer.update(api.post("/api/pushes/out/run").json()))
+    manual.start()
+    assert receiver.wait_for(2, timeout=15)  # the run by hand is held open by the receiver
+    # Now the worker wants the push too (pending batch, no interval): it must wait for the lease.
+    api.patch("/api/pushes/out", json={"min_interval": 0})
+    api.load("orders", orders(3))
+    assert not receiver.wait_for(3, timeout=1.5)
+    receiver.respond(200)
+    receiver.release()
+    manual.join(20)
+    assert answer["status"] == "succeeded" and answer["rows"] == 1
+    eventually(lambda: all(stamped(api).values()))
+    assert delivered_ids(receiver.requests) == [1, 2, 3]
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert len(ids) == len(set(ids))

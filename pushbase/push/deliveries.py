@@ -87,6 +87,7 @@ class Recorded:
     status: str  # succeeded | pending | disabled | gone
     rows_stamped: int = 0
     at: dt.datetime | None = None
+    released: bool = False  # the lease was given up in the same transaction
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,12 +266,16 @@ def _stamp(store: Store, conn: sa.Connection, push: Push, keys: list[list[int]],
     # Never earlier than what it stamps, so `{last modified [auto]} > {last pushed}` is false after.
     latest = max((k[1] for k in keys), default=0)
     value = max(at, codecs.micros_to_datetime(latest)) if store.dialect == "postgresql" else max(codecs.datetime_to_micros(at), latest)
+    # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
+    stmt = (
+        table.update()
+        .where(table.c._id == sa.bindparam("k_id"), table.c._modified == sa.bindparam("k_marker"))
+        .values({column: value})
+    )
     stamped = 0
     for start in range(0, len(keys), _STAMP_CHUNK):
-        pairs = [(k[0], _marker_value(store, k[1])) for k in keys[start : start + _STAMP_CHUNK]]
-        # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
-        stmt = table.update().where(sa.tuple_(table.c._id, table.c._modified).in_(pairs)).values({column: value})
-        stamped += conn.execute(stmt).rowcount or 0
+        params = [{"k_id": k[0], "k_marker": _marker_value(store, k[1])} for k in keys[start : start + _STAMP_CHUNK]]
+        stamped += conn.execute(stmt, params).rowcount or 0
     return stamped
 
 
@@ -286,8 +291,12 @@ def _attempt_json(attempt: Attempt, decision: Decision) -> dict[str, Any]:
     return data
 
 
-def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str) -> Recorded:
-    """Store one attempt of ``delivery`` and act on ``decision`` — in one transaction."""
+def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str, *, release_when_done: bool = False) -> Recorded:
+    """Store one attempt of ``delivery`` and act on ``decision`` — in one transaction.
+
+    The lease is given up in the same transaction (one write less per call) after a failure, and after
+    a success when ``release_when_done`` and no other delivery of the push is pending.
+    """
     now = utc_now()
     with store.write() as conn:
         current = get_push_by_id(store, push.id, conn)
@@ -316,6 +325,9 @@ def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decis
             push_values.update(
                 last_success_at=now, consecutive_failures=0, retry_at=None, last_error=None, status=policy.status_for(0, current.enabled)
             )
+            released = release_when_done and not _more_pending(conn, push.id)
+            if released:
+                push_values.update(_released(conn, push.id, owner))
             conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
             # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
             publish_in(
@@ -324,21 +336,33 @@ def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decis
                 current.view_name,
                 {"push": current.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
             )
-            return Recorded("succeeded", stamped, now)
+            return Recorded("succeeded", stamped, now, released=bool(released and push_values.get("lease_owner", owner) is None))
         failures = current.consecutive_failures + 1
         conn.execute(deliveries_table.update().where(deliveries_table.c.id == delivery.id).values(attempts=attempts))
+        push_values.update(_released(conn, push.id, owner))  # the engine stops after a failure
         if isinstance(decision, Disable):
             push_values.update(
                 enabled=False, status="disabled", disabled_reason=decision.reason, last_error=decision.reason, consecutive_failures=failures, retry_at=None
             )
             conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-            return Recorded("disabled")
+            return Recorded("disabled", released="lease_owner" in push_values)
         assert isinstance(decision, RetryAt)
         push_values.update(
             consecutive_failures=failures, retry_at=decision.at, last_error=decision.reason, status=policy.status_for(failures, current.enabled)
         )
         conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-        return Recorded("pending")
+        return Recorded("pending", released="lease_owner" in push_values)
+
+
+def _more_pending(conn: sa.Connection, push_id: int) -> bool:
+    query = sa.select(deliveries_table.c.id).where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending").limit(1)
+    return conn.execute(query).first() is not None
+
+
+def _released(conn: sa.Connection, push_id: int, owner: str) -> dict[str, Any]:
+    """Values that give up the lease, if ``owner`` still holds it."""
+    held = conn.execute(sa.select(pushes_table.c.lease_owner).where(pushes_table.c.id == push_id)).scalar()
+    return {"lease_owner": None, "lease_expires_at": None} if held == owner else {}
 
 
 # ---------------------------------------------------------------------------------------------

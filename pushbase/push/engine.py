@@ -61,6 +61,7 @@ class Work:
     delivery_ids: list[int] = field(default_factory=list)
     rows: int = 0
     rows_stamped: int = 0
+    released: bool = False
 
 
 @dataclass
@@ -292,33 +293,40 @@ class PushEngine:
             return Work()
         return push
 
-    async def work(self, push_id: int, *, manual: bool = False) -> Work:
-        """One go at a push: finish what is pending, then cut and send the view's rows (once)."""
+    async def work(self, push_id: int, *, manual: bool = False, owner: str | None = None) -> Work:
+        """One go at a push: finish what is pending, then cut and send the view's rows (once).
+
+        ``owner`` names the lease holder: the runners of this engine share ``self.owner`` (one runner per
+        push), a run by hand brings its own so that the two exclude each other."""
+        owner = owner or self.owner
         if not manual:
             checked = await self._db(self._precheck, push_id)
             if isinstance(checked, Work):
                 return checked
-        claimed = await self._db(db.claim, self.store, push_id, self.owner, manual=manual)
+        claimed = await self._db(db.claim, self.store, push_id, owner, manual=manual)
         if claimed is None:
             # Gone (or, for a scheduled run, disabled meanwhile: the pre-check sees which next time).
             return Work(gone=manual)
         if isinstance(claimed, dt.datetime):
             return Work(wake_at=claimed + dt.timedelta(milliseconds=50), busy=True)
         lost = asyncio.Event()
-        renewer = asyncio.get_running_loop().create_task(self._renew(push_id, lost))
+        renewer = asyncio.get_running_loop().create_task(self._renew(push_id, owner, lost))
+        work = Work()
         try:
-            return await self._deliver(claimed, manual, lost)
+            work = await self._deliver(claimed, manual, owner, lost)
+            return work
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await self._db(db.release, self.store, push_id, self.owner)
+            if not work.released:
+                await self._db(db.release, self.store, push_id, owner)
 
-    async def _renew(self, push_id: int, lost: asyncio.Event) -> None:
+    async def _renew(self, push_id: int, owner: str, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(db.LEASE_SECONDS / 3)
             try:
-                if not await self._db(db.renew, self.store, push_id, self.owner):
+                if not await self._db(db.renew, self.store, push_id, owner):
                     log.warning("push #%s: lease lost to another worker", push_id)
                     lost.set()
                     return
@@ -327,7 +335,7 @@ class PushEngine:
             except Exception:  # noqa: BLE001 - try again at the next tick; the lease has slack
                 log.warning("push #%s: could not renew the lease", push_id, exc_info=True)
 
-    async def _deliver(self, push: Push, manual: bool, lost: asyncio.Event) -> Work:
+    async def _deliver(self, push: Push, manual: bool, owner: str, lost: asyncio.Event) -> Work:
         work = Work(status="nothing_to_send")
         cut_done = False
         trigger = "manual" if manual else "auto"
@@ -342,7 +350,7 @@ class PushEngine:
                         work.wake_at = due
                         break
                 try:
-                    await self._db(db.cut, self.store, push, self.owner, trigger=trigger)
+                    await self._db(db.cut, self.store, push, owner, trigger=trigger)
                 except db.LeaseLost:
                     break
                 cut_done = True
@@ -354,7 +362,7 @@ class PushEngine:
                     break
             attempt = await self._send(push, delivery)
             decision = push.retry_policy.decide(attempt, push.consecutive_failures, utc_now())
-            recorded = await self._db(db.record, self.store, push, delivery, attempt, decision, self.owner)
+            recorded = await self._db(db.record, self.store, push, delivery, attempt, decision, owner, release_when_done=cut_done)
             outcome = "succeeded" if isinstance(decision, Success) else "disabled" if isinstance(decision, Disable) else "retry"
             observe(outcome, attempt.duration_ms / 1000, delivery.row_count)
             work.delivery_ids.append(delivery.id)
@@ -366,6 +374,16 @@ class PushEngine:
                 work.status = "succeeded"
                 work.rows += delivery.row_count
                 work.rows_stamped += recorded.rows_stamped
+            if recorded.released:
+                # Given up with the record: nothing of this push may be touched any more.
+                work.released = True
+                if recorded.status == "pending":
+                    work.status = "failed"
+                    refreshed = await self._db(self._read, lambda conn: get_push_by_id(self.store, push.id, conn))
+                    work.wake_at = refreshed.retry_at if refreshed else None
+                elif recorded.status == "disabled":
+                    work.status = "disabled"
+                return work
             refreshed = await self._db(self._read, lambda conn: get_push_by_id(self.store, push.id, conn))
             if refreshed is None:
                 work.gone = True
@@ -404,8 +422,9 @@ class PushEngine:
         if not push.enabled:
             raise Conflict(f"push {name!r} is disabled; enable it (PATCH enabled: true) to run it", code="disabled")
         deadline = time.monotonic() + wait_seconds
+        owner = new_owner("push-run")
         while True:
-            work = await self.work(push.id, manual=True)
+            work = await self.work(push.id, manual=True, owner=owner)
             if not work.busy:
                 break
             if time.monotonic() > deadline:
