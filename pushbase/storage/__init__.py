@@ -28,6 +28,7 @@ from . import codecs, schema
 __all__ = ["Store", "open_store", "DatasetColumns", "schema", "codecs"]
 
 DEFAULT_DB = "./pushbase.db"
+_PENDING_NOTIFICATIONS = "pushbase_pending_notifications"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class Store:
         self._table_cache: dict[tuple[int, tuple[tuple[str, str, str], ...]], sa.Table] = {}
         self._listeners: list[Callable[[str, str], None]] = []
         self._listeners_lock = threading.Lock()
+        # True while a PgListener of this process is listening: then our own NOTIFYs come back to us
+        # through it, and firing them locally as well would deliver each twice.
+        self.hears_own_notifications = False
         self._checkpointer: _Checkpointer | None = None
         if self.dialect == "sqlite":
             self.write_engine, self.read_engine = _sqlite_engines(url)
@@ -73,7 +77,14 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         with self.write_engine.begin() as conn:
-            yield conn
+            conn.info[_PENDING_NOTIFICATIONS] = pending = []
+            try:
+                yield conn
+            finally:
+                conn.info.pop(_PENDING_NOTIFICATIONS, None)
+        # Only now is the transaction committed: a woken listener must be able to see its rows.
+        for channel, payload in pending:
+            self.fire_local(channel, payload)
 
     def upgrade(self) -> int:
         """Create or upgrade the metadata schema; returns the version found before."""
@@ -103,18 +114,19 @@ class Store:
         return select
 
     def notify(self, conn: sa.Connection, channel: str, payload: str = "") -> None:
-        """Wake workers: PostgreSQL NOTIFY (sent on commit), plus in-process listeners after commit."""
+        """Wake workers and subscribers once ``conn``'s transaction (from ``write()``) commits.
+
+        PostgreSQL: NOTIFY, which the database sends on commit to every listening process. In-process
+        listeners are called after the commit, unless this process's PgListener will hear the NOTIFY.
+        """
         if self.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
-
-        def fire(_conn: sa.Connection) -> None:
-            self.fire_local(channel, payload)
-
-        # Only after commit: a woken worker must see the rows.
-        if conn.in_transaction():
-            event.listen(conn, "commit", fire, once=True)
-        else:
-            self.fire_local(channel, payload)
+            if self.hears_own_notifications:
+                return
+        pending = conn.info.get(_PENDING_NOTIFICATIONS)
+        if pending is None:
+            raise RuntimeError("Store.notify needs a connection from Store.write()")
+        pending.append((channel, payload))
 
     def fire_local(self, channel: str, payload: str = "") -> None:
         with self._listeners_lock:

@@ -28,6 +28,7 @@ class PgListener:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self.store.hears_own_notifications = False
 
     def _run(self) -> None:
         url = self.store.url.replace("postgresql+psycopg://", "postgresql://")
@@ -36,9 +37,11 @@ class PgListener:
                 with psycopg.connect(url, autocommit=True) as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")  # channel names are our constants
+                    self.store.hears_own_notifications = True
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self.store.fire_local(note.channel, note.payload)
             except Exception:  # noqa: BLE001 - reconnect; workers also poll, so nothing is lost meanwhile
+                self.store.hears_own_notifications = False
                 log.warning("LISTEN connection lost; reconnecting", exc_info=True)
                 time.sleep(1.0)

@@ -1,0 +1,76 @@
+"""Store wake-ups: listeners hear a notification once, and only after its transaction committed."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from pushbase.storage import Store
+from pushbase.storage.listen import PgListener
+
+
+def _count_meta(store: Store, key: str) -> int:
+    with store.read() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM pb_meta WHERE key = :k"), {"k": key}).scalar_one()
+
+
+def test_listener_sees_the_committed_rows(store: Store) -> None:
+    seen: list[int] = []
+
+    def on_notify(channel: str, payload: str) -> None:
+        if channel == "pushbase_data" and payload == "probe":
+            # A woken worker reads at once: the row must already be visible to another connection.
+            seen.append(_count_meta(store, "probe"))
+
+    store.add_listener(on_notify)
+    try:
+        with store.write() as conn:
+            conn.execute(sa.text("INSERT INTO pb_meta (key, value) VALUES ('probe', '1')"))
+            store.notify(conn, "pushbase_data", "probe")
+            assert seen == []  # not before the commit
+    finally:
+        store.remove_listener(on_notify)
+    assert seen == [1]
+
+
+def test_rolled_back_transaction_wakes_nobody(store: Store) -> None:
+    heard: list[str] = []
+    store.add_listener(lambda channel, payload: heard.append(payload))
+    with pytest.raises(RuntimeError):
+        with store.write() as conn:
+            store.notify(conn, "pushbase_data", "never")
+            raise RuntimeError("roll back")
+    assert "never" not in heard
+
+
+def test_postgresql_listener_delivers_own_notifications_once(store: Store) -> None:
+    if store.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    heard: list[str] = []
+    arrived = threading.Event()
+
+    def on_notify(channel: str, payload: str) -> None:
+        if channel == "pushbase_data" and payload.startswith("once-"):
+            heard.append(payload)
+            if payload == "once-end":
+                arrived.set()
+
+    store.add_listener(on_notify)
+    listener = PgListener(store)
+    listener.start()
+    try:
+        for _ in range(200):
+            if store.hears_own_notifications:
+                break
+            threading.Event().wait(0.05)
+        assert store.hears_own_notifications
+        with store.write() as conn:
+            store.notify(conn, "pushbase_data", "once-1")
+        with store.write() as conn:
+            store.notify(conn, "pushbase_data", "once-end")
+        assert arrived.wait(10)
+    finally:
+        listener.stop()
+        store.remove_listener(on_notify)
+    assert heard == ["once-1", "once-end"]
