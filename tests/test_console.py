@@ -107,3 +107,33 @@ def test_views_pushes_and_their_delivery_log(browser_page, served):
         page.goto(server.url + "/console#/pushes")
         page.goto(server.url + "/console#/pushes/out")
         expect(page.locator("[data-testid=deliveries]")).to_contain_text("succeeded")
+
+
+def test_task_run_from_the_console_shows_each_step(browser_page, served):
+    server, key = served
+    headers = {"x-api-key": key}
+    with Receiver() as rx:
+        rx.respond(200, body=json.dumps({"token": "t-1"}), headers={"content-type": "application/json"}, path="/login")
+        rx.respond(500, body="boom", path="/data")
+        task = {"name": "sync", "steps": [
+            {"name": "login", "method": "POST", "url": rx.url + "/login", "json": {"user": "{{ params.user }}"}},
+            {"name": "fetch", "method": "GET", "url": rx.url + "/data", "headers": {"Authorization": "Bearer {{ login.data.token }}"}},
+        ]}
+        assert httpx.post(server.url + "/api/tasks", json=task, headers=headers).status_code == 201
+        page = browser_page
+        login(page, server, key)
+        page.goto(server.url + "/console#/tasks")
+        expect(page.locator("[data-testid=tasks]")).to_contain_text("login → fetch")
+        page.click("[data-testid=tasks] a:text('sync')")
+        page.fill("[data-testid=task-params]", '{"user": "ada"}')
+        page.click("[data-testid=task-run]")
+        result = page.locator("[data-testid=task-result]")
+        expect(result).to_contain_text("Run failed")
+        expect(result).to_contain_text("HTTP 500")
+        # The chained request really went out with the first step's answer and the run parameter.
+        assert rx.wait_for(2, 20)
+        sent = {r.path: r for r in rx.requests}
+        assert sent["/login"].json() == {"user": "ada"}
+        assert {k.lower(): v for k, v in sent["/data"].headers.items()}["authorization"] == "Bearer t-1"
+        page.reload()
+        expect(page.locator("[data-testid=task-runs]")).to_contain_text("failed")
