@@ -2,9 +2,6 @@
 the errors users get, injection attempts, and generated values that never reach the database badly."""
 from __future__ import annotations
 
-import os
-import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,8 @@ from pushbase.storage.codecs import encoder, sql_type
 from pushbase.views import FILTERS, FieldRef, compile_calculations, describe, parse_filters
 from pushbase.views.filters import MAX_IN_VALUES
 
-PG_URL = os.environ.get("PUSHBASE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from .conftest import fresh_pg_schema, pg_sqlalchemy_url
+
 PAYLOAD = "'; DROP TABLE items; --"
 MAX = 9223372036854775807
 
@@ -87,20 +85,11 @@ def sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Db:
 
 @pytest.fixture(scope="module")
 def pg_db():
-    engine = sa.create_engine(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", PG_URL))
+    engine = sa.create_engine(pg_sqlalchemy_url())
     try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    schema = f"pb_filters_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(sa.schema.CreateSchema(schema))
-    try:
-        yield Db("postgresql", engine, schema)
+        with fresh_pg_schema("pb_filters") as schema:
+            yield Db("postgresql", engine, schema)
     finally:
-        with engine.begin() as conn:
-            conn.execute(sa.schema.DropSchema(schema, cascade=True))
         engine.dispose()
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,8 @@ from pushbase.storage.codecs import decoder, encoder, iso, sql_type
 from pushbase.views import FieldRef, FormulaError, compile_calculations, compile_formula, parse_filters
 from pushbase.views.formulas import FUNCTIONS, MAX_FORMULA_LENGTH
 
-PG_URL = os.environ.get("PUSHBASE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from .conftest import fresh_pg_schema, pg_sqlalchemy_url
+
 QUOTED = "it's \"quoted\"); DROP TABLE orders; --"
 PAYLOAD = "'; DROP TABLE orders; --"
 
@@ -120,10 +118,6 @@ def _sqlite_db(tmp: Path) -> Db:
     return Db("sqlite", engine, None)
 
 
-def _pg_url() -> str:
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", PG_URL)
-
-
 @pytest.fixture(scope="module")
 def sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Db:
     return _sqlite_db(tmp_path_factory.mktemp("formulas"))
@@ -131,20 +125,11 @@ def sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Db:
 
 @pytest.fixture(scope="module")
 def pg_db():
-    engine = sa.create_engine(_pg_url())
+    engine = sa.create_engine(pg_sqlalchemy_url())
     try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    schema = f"pb_formulas_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(sa.schema.CreateSchema(schema))
-    try:
-        yield Db("postgresql", engine, schema)
+        with fresh_pg_schema("pb_formulas") as schema:
+            yield Db("postgresql", engine, schema)
     finally:
-        with engine.begin() as conn:
-            conn.execute(sa.schema.DropSchema(schema, cascade=True))
         engine.dispose()
 
 
