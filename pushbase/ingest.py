@@ -49,6 +49,7 @@ __all__ = [
 log = logging.getLogger("pushbase.ingest")
 
 JOB_CHANNEL = "pushbase_jobs"
+JOB_DONE_CHANNEL = "pushbase_job_done"
 FINAL_STATUSES = ("Complete", "ErrorExit", "TerminatedExit")
 PENDING = "Initializing"
 MAX_ATTEMPTS = 3
@@ -96,17 +97,21 @@ def parse_payload(body: bytes, content_type: str | None, *, operation: str = "lo
 
 @dataclass
 class Prepared:
-    """A payload read at request time: rows already checked (the typed fast path) or plain items."""
+    """A payload read and checked at request time, so the worker need not parse or check it again:
+    load rows as stored values (``checked``), delete keys (``keys``), or the rule it broke (``failed``)."""
 
     count: int
     checked: loading.Checked | None = None
-    items: list[Any] | None = None
+    keys: list[tuple[Any, ...]] | None = None
+    failed: JobFailed | None = None
+    dataset: Dataset | None = None
 
 
 def prepare_payload(store: Store, dataset: Dataset, operation: str, body: bytes, content_type: str | None) -> Prepared:
-    """Read a request body; malformed input raises BadRequest/Unsupported (answered at once, nothing queued)."""
+    """Read and check a request body. Malformed input raises BadRequest/Unsupported (answered at once,
+    nothing queued); a payload that breaks a rule comes back with ``failed`` (the job ends ErrorExit)."""
     if operation == "delete_all":
-        return Prepared(0, items=[])
+        return Prepared(0, dataset=dataset)
     media = (content_type or "application/json").split(";")[0].strip().lower()
     if operation == "load" and media in ("application/json", "") and body.strip():
         try:
@@ -114,9 +119,22 @@ def prepare_payload(store: Store, dataset: Dataset, operation: str, body: bytes,
         except Exception:  # noqa: BLE001 - not JSON after all: the general parser words the 400
             checked = None
         if checked is not None:
-            return Prepared(len(checked.rows), checked=checked)
+            return Prepared(len(checked.rows), checked=checked, dataset=dataset)
     items = parse_payload(body, content_type, operation=operation)
-    return Prepared(len(items), items=items)
+    return check_items(store, dataset, operation, items)
+
+
+def check_items(store: Store, dataset: Dataset, operation: str, items: list[Any]) -> Prepared:
+    """Check parsed items against the dataset (the general path: every problem named)."""
+    prepared = Prepared(len(items), dataset=dataset)
+    try:
+        if operation == "load":
+            prepared.checked = loading.check_rows(store, dataset, items)
+        elif operation == "delete":
+            prepared.keys = loading.check_keys(store, dataset, items)
+    except JobFailed as failed:
+        prepared.failed = failed
+    return prepared
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,54 +155,71 @@ def accept_job(
     *,
     source: str = "api",
 ) -> str:
-    """Store the job durably and wake the workers; the caller may then answer 202."""
+    """Store the job durably and wake the workers; the caller may then answer 202.
+
+    A payload that already broke a rule is recorded ended (``ErrorExit``, its errors listed) in the
+    same one transaction: there is nothing to run. Otherwise the body is stored, so the job survives a
+    crash, and the checked payload is handed to this process's worker, which loads it without reading
+    the body back."""
     if not isinstance(payload, Prepared):
-        payload = Prepared(len(payload), items=payload)
+        payload = check_items(store, dataset, operation, payload)
     job_id = new_job_id()
     now = utc_now()
+    values: dict[str, Any] = dict(
+        id=job_id,
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        operation=operation,
+        status=PENDING,
+        content_type=content_type,
+        body=body,
+        source=source,
+        rows_received=payload.count,
+        rows_inserted=0,
+        rows_updated=0,
+        rows_unchanged=0,
+        rows_deleted=0,
+        errors=[],
+        attempts=0,
+        created_at=now,
+    )
+    if payload.failed is not None:
+        # The body is not kept: a job that broke a rule is never run again.
+        values.update(status="ErrorExit", body=None, errors=payload.failed.errors, reason=payload.failed.reason, started_at=now, finished_at=now)
     with store.write() as conn:
-        conn.execute(
-            jobs_table.insert().values(
-                id=job_id,
-                dataset_id=dataset.id,
-                dataset_name=dataset.name,
-                operation=operation,
-                status=PENDING,
-                content_type=content_type,
-                body=body,
-                source=source,
-                rows_received=payload.count,
-                rows_inserted=0,
-                rows_updated=0,
-                rows_unchanged=0,
-                rows_deleted=0,
-                errors=[],
-                attempts=0,
-                created_at=now,
-            )
-        )
-        store.notify(conn, JOB_CHANNEL, job_id)
-    _handoff(store).put(job_id, payload)
+        conn.execute(jobs_table.insert().values(**values))
+        store.notify(conn, JOB_DONE_CHANNEL if payload.failed is not None else JOB_CHANNEL, job_id)
+    if payload.failed is None:
+        _handoff(store).put(job_id, payload)
     return job_id
 
 
 class _Handoff:
-    """Parsed rows of just-accepted jobs, so this process's worker need not parse the body again.
-    Bounded; after a restart the stored body is parsed instead."""
+    """Checked payloads of just-accepted jobs, so this process's worker loads them without reading and
+    parsing the stored body again. Bounded by rows (memory); a job that does not fit, or any job after
+    a restart, is read from its stored body instead."""
 
-    def __init__(self, limit: int = 16) -> None:
+    def __init__(self, max_rows: int = 250_000, max_jobs: int = 256) -> None:
         self._items: dict[str, Prepared] = {}
+        self._rows = 0
         self._lock = threading.Lock()
-        self._limit = limit
+        self._max_rows = max_rows
+        self._max_jobs = max_jobs
+        # Jobs whose load transaction is open right now (their committed status is still Initializing).
+        self.loading: set[str] = set()
 
     def put(self, job_id: str, payload: Prepared) -> None:
         with self._lock:
-            if len(self._items) < self._limit:
+            if len(self._items) < self._max_jobs and self._rows + payload.count <= self._max_rows:
                 self._items[job_id] = payload
+                self._rows += payload.count
 
     def take(self, job_id: str) -> Prepared | None:
         with self._lock:
-            return self._items.pop(job_id, None)
+            payload = self._items.pop(job_id, None)
+            if payload is not None:
+                self._rows -= payload.count
+            return payload
 
 
 def _handoff(store: Store) -> _Handoff:
@@ -199,11 +234,11 @@ def _handoff(store: Store) -> _Handoff:
 # Status
 
 
-def _status_doc(row: Any) -> dict[str, Any]:
+def _status_doc(row: Any, status: str | None = None) -> dict[str, Any]:
     doc = {
         "jobId": row.id,
         "dataset": row.dataset_name,
-        "status": row.status,
+        "status": status or row.status,
         "operation": row.operation,
         "rows_received": row.rows_received,
         "rows_inserted": row.rows_inserted,
@@ -227,11 +262,20 @@ def job_status(store: Store, job_id: str, dataset_name: str | None = None) -> di
         row = conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == job_id)).first()
     if row is None or (dataset_name is not None and row.dataset_name != dataset_name):
         raise NotFound(f"job {job_id!r} does not exist" + (f" for dataset {dataset_name!r}" if dataset_name else ""), details={"jobId": job_id})
-    return _status_doc(row)
+    # A handed-off job is validated, claimed and loaded in one transaction, so its committed status
+    # stays Initializing until it ends; this process knows it is loading.
+    loading_now = row.status == PENDING and job_id in _handoff(store).loading
+    return _status_doc(row, "Loading" if loading_now else None)
 
 
 # ------------------------------------------------------------------------------------------------
 # Running
+#
+# The worker takes the oldest waiting job (or one whose lease expired after a crash). A job accepted by
+# this process still has its checked payload in the handoff: it is claimed, loaded and recorded
+# Complete in one write transaction. Any other job (after a restart, or accepted by another process)
+# is claimed in a transaction of its own, its stored body read and checked, then loaded in a second
+# one. Either way the load and the final status commit together: a job is never half-loaded.
 
 
 def _set_status(store: Store, job_id: str, **values: Any) -> None:
@@ -239,42 +283,123 @@ def _set_status(store: Store, job_id: str, **values: Any) -> None:
         conn.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(**values))
 
 
-JOB_DONE_CHANNEL = "pushbase_job_done"
-
-
 def _finish(store: Store, conn: sa.Connection, job_id: str, status: str, **values: Any) -> None:
     conn.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(status=status, finished_at=utc_now(), lease_owner=None, **values))
     store.notify(conn, JOB_DONE_CHANNEL, job_id)
 
 
+_NEXT_COLUMNS = [jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.status, jobs_table.c.dataset_id, jobs_table.c.operation]
+
+
+def _next_job(store: Store, conn: sa.Connection, job_id: str | None) -> Any | None:
+    now = utc_now()
+    query = sa.select(*_NEXT_COLUMNS).where(
+        sa.or_(
+            jobs_table.c.status == PENDING,
+            sa.and_(jobs_table.c.status.in_(["Validating", "Loading"]), jobs_table.c.lease_expires_at < now),
+        )
+    )
+    if job_id is not None:
+        query = query.where(jobs_table.c.id == job_id)
+    return conn.execute(store.skip_locked(query.order_by(jobs_table.c.seq).limit(1))).first()
+
+
+def _claim(conn: sa.Connection, row: Any, owner: str) -> Any:
+    now = utc_now()
+    conn.execute(
+        jobs_table.update()
+        .where(jobs_table.c.id == row.id)
+        .values(status="Validating", lease_owner=owner, lease_expires_at=now + LEASE, attempts=row.attempts + 1, started_at=now)
+    )
+    return conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == row.id)).first()
+
+
 def claim_job(store: Store, owner: str, job_id: str | None = None) -> Any | None:
     """Lease the oldest waiting job (or one whose lease expired after a crash)."""
-    now = utc_now()
-    with store.write() as conn:
-        query = sa.select(jobs_table.c.id, jobs_table.c.attempts).where(
-            sa.or_(
-                jobs_table.c.status == PENDING,
-                sa.and_(jobs_table.c.status.in_(["Validating", "Loading"]), jobs_table.c.lease_expires_at < now),
-            )
-        )
-        if job_id is not None:
-            query = query.where(jobs_table.c.id == job_id)
-        row = conn.execute(store.skip_locked(query.order_by(jobs_table.c.seq).limit(1))).first()
-        if row is None:
-            return None
-        if row.attempts >= MAX_ATTEMPTS:
+    while True:
+        with store.write() as conn:
+            row = _next_job(store, conn, job_id)
+            if row is None:
+                return None
+            if row.attempts < MAX_ATTEMPTS:
+                return _claim(conn, row, owner)
             _finish(store, conn, row.id, "TerminatedExit", reason=f"the job was interrupted {row.attempts} times; giving up")
-            return claim_job(store, owner, job_id) if job_id is None else None
-        conn.execute(
-            jobs_table.update()
-            .where(jobs_table.c.id == row.id)
-            .values(status="Validating", lease_owner=owner, lease_expires_at=now + LEASE, attempts=row.attempts + 1, started_at=now)
-        )
-        return conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == row.id)).first()
+        if job_id is not None:
+            return None
+
+
+class _DatasetChanged(Exception):
+    """The dataset's columns changed after the payload was checked: check the stored body again."""
+
+
+def _write(store: Store, conn: sa.Connection, dataset: Dataset, operation: str, payload: Prepared) -> loading.LoadCounts:
+    counts = loading.LoadCounts()
+    if operation == "load":
+        assert payload.checked is not None
+        counts = loading.write_rows(store, conn, dataset, payload.checked)
+    elif operation == "delete":
+        counts.deleted = loading.delete_keys(store, conn, dataset, payload.keys or [])
+    else:
+        table = store.dataset_table(dataset.physical)
+        counts.deleted = conn.execute(table.delete()).rowcount or 0
+    return counts
+
+
+def _load_and_finish(store: Store, conn: sa.Connection, job_id: str, dataset: Dataset, operation: str, payload: Prepared, **extra: Any) -> None:
+    """Inside the caller's write transaction: write the payload and record the job Complete."""
+    store.lock_dataset(conn, dataset.id)
+    # The dataset may have changed (columns added) since the payload was checked.
+    current = get_dataset_by_id(store, dataset.id, conn)
+    if current.columns != dataset.columns or current.unique_id != dataset.unique_id:
+        raise _DatasetChanged()
+    counts = _write(store, conn, current, operation, payload)
+    if _FAILPOINT_LOAD_PAUSE:
+        time.sleep(_FAILPOINT_LOAD_PAUSE)
+    _finish(
+        store,
+        conn,
+        job_id,
+        "Complete",
+        rows_inserted=counts.inserted,
+        rows_updated=counts.updated,
+        rows_unchanged=counts.unchanged,
+        rows_deleted=counts.deleted,
+        **extra,
+    )
+    if counts.inserted or counts.updated or counts.deleted:
+        store.notify(conn, DATA_CHANNEL, str(dataset.id))
+
+
+def _run_handed_off(store: Store, owner: str, job_id: str | None) -> tuple[str | None, Any | None]:
+    """Take the next job; if it is a handed-off one, load it in this one transaction. Returns
+    (id of the job finished here, None), (None, claimed job for the general path) or (None, None)."""
+    handoff = _handoff(store)
+    taken: str | None = None
+    try:
+        with store.write() as conn:
+            row = _next_job(store, conn, job_id)
+            if row is None:
+                return None, None
+            if row.attempts >= MAX_ATTEMPTS:
+                _finish(store, conn, row.id, "TerminatedExit", reason=f"the job was interrupted {row.attempts} times; giving up")
+                return row.id, None
+            payload = handoff.take(row.id) if row.status == PENDING else None
+            if payload is not None and payload.dataset is not None:
+                taken = row.id
+                handoff.loading.add(row.id)
+                try:
+                    _load_and_finish(store, conn, row.id, payload.dataset, row.operation, payload, started_at=utc_now(), attempts=row.attempts + 1)
+                    return row.id, None
+                except _DatasetChanged:
+                    pass  # raised before anything was written: claim it and check the stored body again
+            return None, _claim(conn, row, owner)
+    finally:
+        if taken is not None:
+            handoff.loading.discard(taken)
 
 
 def run_job(store: Store, job: Any) -> dict[str, Any]:
-    """Validate and load one claimed job; records and returns its final status document."""
+    """Validate and load one claimed job from its stored body; records and returns its final status."""
     job_id = job.id
     try:
         with store.read() as conn:
@@ -284,46 +409,18 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
             _finish(store, conn, job_id, "TerminatedExit", reason="the dataset was deleted before the job ran")
         return job_status(store, job_id)
     try:
-        payload = _handoff(store).take(job_id)
-        if payload is None:
-            # Not accepted by this process (or after a restart): read the stored body.
-            with store.read() as conn:
-                body = conn.execute(sa.select(jobs_table.c.body).where(jobs_table.c.id == job_id)).scalar() or b""
-            payload = prepare_payload(store, dataset, job.operation, body, job.content_type)
-        items = payload.items or []
-        if job.operation == "load":
-            checked = payload.checked if payload.checked is not None else loading.check_rows(store, dataset, items)
-        elif job.operation == "delete":
-            keys = loading.check_keys(store, dataset, items)
+        # Not accepted by this process (or after a restart): read and check the stored body.
+        with store.read() as conn:
+            body = conn.execute(sa.select(jobs_table.c.body).where(jobs_table.c.id == job_id)).scalar() or b""
+        payload = prepare_payload(store, dataset, job.operation, body, job.content_type)
+        if payload.failed is not None:
+            raise payload.failed
         _set_status(store, job_id, status="Loading")
         with store.write() as conn:
-            store.lock_dataset(conn, dataset.id)
-            # The dataset may have changed (columns added) between validation and now.
-            current = get_dataset_by_id(store, dataset.id, conn)
-            if current.columns != dataset.columns or current.unique_id != dataset.unique_id:
-                raise JobFailed([], "the dataset's columns changed while the job waited; send it again")
-            counts = loading.LoadCounts()
-            if job.operation == "load":
-                counts = loading.write_rows(store, conn, dataset, checked)
-            elif job.operation == "delete":
-                counts.deleted = loading.delete_keys(store, conn, dataset, keys)
-            else:
-                table = store.dataset_table(dataset.physical)
-                counts.deleted = conn.execute(table.delete()).rowcount or 0
-            if _FAILPOINT_LOAD_PAUSE:
-                time.sleep(_FAILPOINT_LOAD_PAUSE)
-            _finish(
-                store,
-                conn,
-                job_id,
-                "Complete",
-                rows_inserted=counts.inserted,
-                rows_updated=counts.updated,
-                rows_unchanged=counts.unchanged,
-                rows_deleted=counts.deleted,
-            )
-            if counts.inserted or counts.updated or counts.deleted:
-                store.notify(conn, DATA_CHANNEL, str(dataset.id))
+            try:
+                _load_and_finish(store, conn, job_id, dataset, job.operation, payload)
+            except _DatasetChanged:
+                raise JobFailed([], "the dataset's columns changed while the job waited; send it again") from None
     except JobFailed as failed:
         with store.write() as conn:
             _finish(store, conn, job_id, "ErrorExit", errors=failed.errors, reason=failed.reason)
@@ -335,6 +432,22 @@ def run_job(store: Store, job: Any) -> dict[str, Any]:
         with store.write() as conn:
             _finish(store, conn, job_id, "TerminatedExit", reason=f"internal error: {type(exc).__name__}")
     return job_status(store, job_id)
+
+
+def _run_next(store: Store, owner: str, job_id: str | None = None) -> str | None:
+    """Run the next waiting job (or ``job_id``); returns its id, or None when there was none."""
+    try:
+        done, claimed = _run_handed_off(store, owner, job_id)
+    except Exception:  # noqa: BLE001 - rolled back; the general path runs the job again and records why it fails
+        log.warning("loading a handed-off job failed; running it again from its stored body", exc_info=True)
+        claimed = claim_job(store, owner, job_id)
+        done = None
+    if done is not None:
+        return done
+    if claimed is None:
+        return None
+    run_job(store, claimed)
+    return str(claimed.id)
 
 
 BODY_RETENTION = dt.timedelta(minutes=10)
@@ -364,10 +477,9 @@ def recover_orphaned_jobs(store: Store) -> int:
 
 
 def run_next_job(store: Store, owner: str, job_id: str | None = None) -> dict[str, Any] | None:
-    job = claim_job(store, owner, job_id)
-    if job is None:
-        return None
-    return run_job(store, job)
+    """Run the next waiting job (or ``job_id``) and return its final status document."""
+    done = _run_next(store, owner, job_id)
+    return None if done is None else job_status(store, done)
 
 
 def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: str) -> dict[str, Any]:
@@ -378,7 +490,7 @@ def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: s
     result = run_next_job(store, f"inline-{os.getpid()}", job_id)
     if result is not None:
         return result
-    # A background worker claimed the job first: wait for it to end rather than answer mid-load.
+    # A background worker claimed the job first (or it failed at once): wait for it to end.
     deadline = time.monotonic() + 600
     while True:
         doc = job_status(store, job_id)
@@ -425,7 +537,7 @@ class IngestWorker:
                 if time.monotonic() > next_purge:
                     next_purge = time.monotonic() + 60
                     purge_bodies(self.store)
-                done = run_next_job(self.store, self.owner)
+                done = _run_next(self.store, self.owner)
             except Exception:  # noqa: BLE001 - keep the worker alive; the job's lease brings it back
                 log.exception("ingest worker error")
                 done = None

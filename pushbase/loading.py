@@ -276,15 +276,34 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
-def _typed_converter(dialect: str, column_type: str) -> Callable[[Any], Any] | None:
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _micros(value: dt.datetime | None) -> int | None:
+    return None if value is None else codecs.datetime_to_micros(_utc(value))
+
+
+def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> tuple[Any, ...] | list[Any] | None:
+    """Decoded values -> what the DBAPI writes; ``None`` when the column needs no conversion.
+    One comprehension per column: these run for every row of every payload."""
     if column_type == "json":
-        return lambda v: None if v is None else bytes(v).decode()
+        return [None if v is None else bytes(v).decode() for v in values]
+    if column_type == "datetime" and dialect == "sqlite":
+        try:
+            # The common case: every value has a UTC offset (aware), none missing.
+            return [(v - _EPOCH) // _MICROSECOND for v in values]
+        except TypeError:  # a naive value (read as UTC) or a missing one
+            return list(map(_micros, values))
     if column_type == "datetime":
-        if dialect == "sqlite":
-            return lambda v: None if v is None else codecs.datetime_to_micros(_utc(v))
-        return lambda v: None if v is None else _utc(v)
+        if all(v is not None and v.tzinfo is dt.timezone.utc for v in values):
+            return None
+        return [None if v is None else _utc(v) for v in values]
     if column_type == "date" and dialect == "sqlite":
-        return lambda v: None if v is None else v.isoformat()
+        try:
+            return list(map(dt.date.isoformat, values))
+        except TypeError:
+            return [None if v is None else v.isoformat() for v in values]
     return None
 
 
@@ -302,24 +321,31 @@ def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:
     structs = value if isinstance(value, list) else [value]
     if not structs:
         return Checked([], [])
-    columns = list(zip(*[msgspec.structs.astuple(s) for s in structs]))
+    rows: list[tuple[Any, ...]] = list(map(msgspec.structs.astuple, structs))
+    del structs, value
+    columns: list[Any] | None = None
     for i, column in enumerate(dataset.columns):
-        convert = _typed_converter(store.dialect, column.type)
-        if convert is None:
+        if column.type not in ("json", "datetime", "date"):
             continue
-        if column.type == "json":
-            columns[i] = tuple(map(convert, columns[i]))
-        else:
-            # Dates and times repeat within a payload: convert each distinct value once.
-            memo = {v: convert(v) for v in set(columns[i])}
-            columns[i] = tuple(map(memo.__getitem__, columns[i]))
-    rows = list(zip(*columns))
+        if columns is None:
+            columns = list(zip(*rows))
+        converted = _convert_column(store.dialect, column.type, columns[i])
+        if converted is not None:
+            columns[i] = converted
+    if columns is not None:
+        rows = list(zip(*columns))
     keys: list[tuple[Any, ...]] = []
     if dataset.unique_id:
         positions = [next(i for i, c in enumerate(dataset.columns) if c.name == n) for n in dataset.unique_id]
-        keys = list(zip(*[columns[p] for p in positions]))
-        if len(set(keys)) != len(keys):
-            return None
+        if len(positions) == 1:
+            p = positions[0]
+            keys = [(row[p],) for row in rows]
+            if len(set(row[p] for row in rows)) != len(rows):
+                return None
+        else:
+            keys = [tuple(row[p] for p in positions) for row in rows]
+            if len(set(keys)) != len(keys):
+                return None
     return Checked(rows, keys)
 
 
