@@ -352,12 +352,17 @@ def _enabled(value: Any) -> bool:
 
 
 def _from_row(row: Any, view: View) -> Push:
+    return push_from_parts(row, view.name, view.dataset_id)
+
+
+def push_from_parts(row: Any, view_name: str, dataset_id: int) -> Push:
+    """A ``Push`` from its ``pb_pushes`` row and its view's name and dataset."""
     return Push(
         id=row.id,
         name=row.name,
         view_id=row.view_id,
-        view_name=view.name,
-        dataset_id=view.dataset_id,
+        view_name=view_name,
+        dataset_id=dataset_id,
         definition=dict(row.definition),
         secret=row.secret,
         header_values=dict(row.header_values or {}),
@@ -524,6 +529,20 @@ def pushes_of_dataset(conn: sa.Connection, dataset_id: int) -> list[int]:
         .where(views_table.c.dataset_id == dataset_id, pushes_table.c.enabled.is_(True))
     )
     return [r.id for r in conn.execute(query)]
+
+
+def pushes_by_dataset(conn: sa.Connection) -> dict[int, list[int]]:
+    """Enabled pushes by the dataset their view reads (a view never changes dataset)."""
+    query = (
+        sa.select(views_table.c.dataset_id, pushes_table.c.id)
+        .select_from(pushes_table.join(views_table, views_table.c.id == pushes_table.c.view_id))
+        .where(pushes_table.c.enabled.is_(True))
+        .order_by(pushes_table.c.id)
+    )
+    found: dict[int, list[int]] = {}
+    for row in conn.execute(query):
+        found.setdefault(row.dataset_id, []).append(row.id)
+    return found
 
 
 def enabled_push_ids(conn: sa.Connection) -> list[int]:

@@ -3,29 +3,39 @@
 Everything here is blocking database work that the engine runs in threads. The order that makes a
 push safe across crashes:
 
-1. ``claim``: lease the push (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so one worker works it.
+1. ``claim``: lease the push (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so one worker works it, and
+   in the same transaction take its oldest pending delivery or, when none is pending and the rate
+   limit allows, ``cut`` the view.
 2. ``cut``: read the view's rows in view order with each row's raw ``_modified`` marker, cut them into
    batches and store each as a *pending* delivery (webhook id, body, ``[[_id, marker], ...]``), and
-   commit — before anything is sent.
+   commit — before anything is sent. The deliveries just stored are handed to the engine as they are
+   (up to ``_KEEP_BYTES``), so it need not read them back.
 3. The engine sends the oldest pending delivery; ``record`` stores the attempt. On a 2xx, in one
    transaction: the delivery becomes *succeeded* and the log-time field is set on the rows it carried
    whose ``_modified`` still equals the marker (a row changed in flight is left to be pushed again;
    rows that joined later are not in the list). Only the log-time column is updated, so
    ``last modified [auto]`` does not move. On a failure nothing is stamped and the same delivery waits
-   for its retry time.
+   for its retry time. The lease is given up in that transaction when nothing else is pending.
+
+So a call costs two write transactions (claim + cut, record + stamp + release) when rows arrive
+slower than calls go out; rows that arrive while a call is in flight go out together in the next one.
+A push's view and dataset are turned into a ``Target`` (its compiled queries and stamping statement)
+once, and reused while their definitions stay the same.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from ..columns import utc_now
-from ..datasets import get_dataset_by_id
-from ..errors import Invalid
+from ..datasets import Dataset, get_dataset_by_id
+from ..errors import Invalid, NotFound
 from ..leases import owner_is_dead
 from ..outbound import Attempt
 from ..rows import decode_cursor, encode_cursor
@@ -33,8 +43,9 @@ from ..storage import Store, codecs
 from ..storage.schema import deliveries as deliveries_table
 from ..storage.schema import pushes as pushes_table
 from ..subscriptions import publish_in
-from ..views.store import get_view_by_id, view_query
-from .definitions import Push, get_push, get_push_by_id, utc_day
+from ..storage.schema import views as views_table
+from ..views.query import ViewQuery
+from .definitions import Push, get_push, next_allowed_at, push_from_parts, utc_day
 from .formats import Batch, BatchCutter, content_type
 from .retry import Decision, Disable, RetryAt, Success
 from .signing import new_webhook_id
@@ -43,6 +54,11 @@ __all__ = [
     "LEASE_SECONDS",
     "Delivery",
     "Recorded",
+    "Claimed",
+    "Cut",
+    "NotYet",
+    "Target",
+    "TargetCache",
     "claim",
     "renew",
     "release",
@@ -61,6 +77,7 @@ __all__ = [
 LEASE_SECONDS = float(os.environ.get("PUSHBASE_PUSH_LEASE_SECONDS", "30"))
 MAX_ATTEMPTS_KEPT = 100
 _FLUSH_BYTES = 8 * 1024 * 1024
+_KEEP_BYTES = 8 * 1024 * 1024  # pending deliveries handed to the engine in memory after a cut
 _STAMP_CHUNK = 500
 
 
@@ -82,27 +99,121 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Recorded:
-    """What ``record`` did: the delivery's new status and how many rows were stamped."""
+    """What ``record`` did: the delivery's new status, how many rows were stamped, and the push as the
+    record left it (so the engine goes on without reading it back)."""
 
     status: str  # succeeded | pending | disabled | gone
     rows_stamped: int = 0
     at: dt.datetime | None = None
     released: bool = False  # the lease was given up in the same transaction
+    push: Push | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A push's view and dataset as ready-made statements. Built once per (view definition, dataset
+    columns, log-time field) and shared read-only between threads; ``now()`` in a formula is a
+    parameter computed at each execution, so reusing the statements is safe."""
+
+    query: ViewQuery
+    rows: sa.Select  # the view's rows in view order, each with its raw ``_modified`` marker last
+    width: int  # columns of a row before the marker
+    any_row: sa.Select  # does the view select anything? (no order, one row)
+    stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
+    _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
+
+    def stamp_sql(self, conn: sa.Connection) -> tuple[str, tuple[str, ...] | None]:
+        """``stamp`` compiled once: its SQL and, for a positional driver, its parameters' order. Sent
+        with ``exec_driver_sql`` (executemany), which skips SQLAlchemy's per-row parameter work."""
+        found = self._compiled.get(conn.dialect.name)
+        if found is None:
+            compiled = self.stamp.compile(dialect=conn.dialect)
+            names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+            found = self._compiled[conn.dialect.name] = (str(compiled), names)
+        return found
+
+
+class TargetCache:
+    """``Target`` objects by definition; a changed view or dataset gives a new key, so nothing is stale."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._items: dict[Any, Target] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, store: Store, conn: sa.Connection, push: Push) -> Target:
+        return self.load(store, conn, push)[1]
+
+    def load(self, store: Store, conn: sa.Connection, row: Any) -> tuple[Push, Target]:
+        """The push of a ``pb_pushes`` row (or a ``Push``) and its target: two small reads (view, dataset)."""
+        view = conn.execute(
+            sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == row.view_id)
+        ).first()
+        if view is None:
+            raise NotFound(f"view #{row.view_id} does not exist")
+        dataset = get_dataset_by_id(store, view.dataset_id, conn)
+        push = row if isinstance(row, Push) else push_from_parts(row, view.name, view.dataset_id)
+        key = (store.url, push.view_id, orjson.dumps(view.definition, option=orjson.OPT_SORT_KEYS), dataset, push.log_time_field)
+        with self._lock:
+            found = self._items.get(key)
+        if found is not None:
+            return push, found
+        target = _build_target(store, dataset, dict(view.definition), push.log_time_field)
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[key] = target
+        return push, target
+
+
+def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], log_time_field: str) -> Target:
+    query = ViewQuery(store, dataset, definition)
+    rows = query.select(extra=[query.table.c._modified.label("_pb_marker")])
+    if query.limit is not None:
+        rows = rows.limit(int(query.limit))
+    table = query.table
+    stamp = (
+        table.update()
+        .where(table.c._id == sa.bindparam("k_id"), table.c._modified == sa.bindparam("k_marker"))
+        # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
+        .values({dataset.column(log_time_field).col: sa.bindparam("k_value")})
+    )
+    return Target(query, rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp)
 
 
 # ---------------------------------------------------------------------------------------------
 # Leases
 
 
-def claim(store: Store, push_id: int, owner: str, *, manual: bool = False) -> Push | None | dt.datetime:
-    """Lease the push. Returns the push, None when it is gone or disabled, or — when another worker
-    holds it — the time its lease expires."""
+@dataclass
+class Claimed:
+    """A leased push and the pending deliveries to send, oldest first."""
+
+    push: Push
+    target: Target
+    deliveries: list[Delivery]  # held in memory, oldest first
+    more: bool  # more deliveries may be pending in the database than ``deliveries``
+    cut: bool  # the view was cut in this claim
+    leased: bool = True  # False: nothing to send, so no lease was taken
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """The rate limit (or a retry time) does not allow a call before ``at``; no lease was taken."""
+
+    at: dt.datetime
+
+
+def claim(
+    store: Store, push_id: int, owner: str, targets: TargetCache, *, manual: bool = False, trigger: str = "auto"
+) -> Claimed | NotYet | None | dt.datetime:
+    """Lease the push and, in the same transaction, take its oldest pending delivery or — when none is
+    pending — cut the view into new ones. Returns None when the push is gone or disabled; the time its
+    lease expires when another worker holds it; ``NotYet`` when the rate limit says wait (a run by hand
+    ignores it)."""
     now = utc_now()
     with store.write() as conn:
-        query = sa.select(pushes_table.c.id, pushes_table.c.lease_owner, pushes_table.c.lease_expires_at, pushes_table.c.enabled).where(
-            pushes_table.c.id == push_id
-        )
-        row = conn.execute(store.skip_locked(query)).first()
+        row = conn.execute(store.skip_locked(sa.select(pushes_table).where(pushes_table.c.id == push_id))).first()
         if row is None:
             # Gone, or locked this instant by another worker claiming it (PostgreSQL).
             exists = conn.execute(sa.select(pushes_table.c.id).where(pushes_table.c.id == push_id)).first()
@@ -118,12 +229,23 @@ def claim(store: Store, push_id: int, owner: str, *, manual: bool = False) -> Pu
         )
         if held:
             return row.lease_expires_at  # type: ignore[no-any-return]
-        conn.execute(
-            pushes_table.update()
-            .where(pushes_table.c.id == push_id)
-            .values(lease_owner=owner, lease_expires_at=now + dt.timedelta(seconds=LEASE_SECONDS))
-        )
-        return get_push_by_id(store, push_id, conn)
+        push, target = targets.load(store, conn, row)
+        first = _first_pending(conn, push_id)
+        if not manual:
+            due = next_allowed_at(push, now, pending=first is not None)
+            if due is not None:
+                return NotYet(due)
+        lease = {"lease_owner": owner, "lease_expires_at": now + dt.timedelta(seconds=LEASE_SECONDS)}
+        if first is not None:
+            conn.execute(pushes_table.update().where(pushes_table.c.id == push_id).values(**lease))
+            return Claimed(push, target, [first], more=True, cut=False)
+        # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
+        # meanwhile, and when the view selects nothing no lease is taken (no write at all).
+        made = _cut(store, conn, push, target, trigger)
+        if not made.made:
+            return Claimed(push, target, [], more=False, cut=True, leased=False)
+        conn.execute(pushes_table.update().where(pushes_table.c.id == push_id).values(**lease, last_run_at=now))
+        return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
 
 
 def renew(store: Store, push_id: int, owner: str) -> bool:
@@ -177,105 +299,119 @@ def _marker_value(store: Store, marker: int) -> Any:
     return marker if store.dialect == "sqlite" else codecs.micros_to_datetime(marker)
 
 
-def view_has_rows(store: Store, push: Push) -> bool:
-    with store.read() as conn:
-        query = view_query(store, get_view_by_id(store, push.view_id, conn), conn)
-        return conn.execute(query.select(with_order=False).limit(1)).first() is not None
+def view_has_rows(conn: sa.Connection, target: Target) -> bool:
+    return conn.execute(target.any_row).first() is not None
 
 
-def cut(store: Store, push: Push, owner: str, *, trigger: str = "auto") -> int:
-    """Store the view's current rows as pending deliveries, in view order; returns how many."""
-    made = 0
+@dataclass
+class Cut:
+    """What a cut stored: the first deliveries (kept in memory) and whether more were stored."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    more: bool = False
+    made: int = 0
+
+
+def cut(store: Store, push: Push, target: Target, owner: str, *, trigger: str = "auto") -> Cut:
+    """Store the view's current rows as pending deliveries, in view order (the lease must be held)."""
+    now = utc_now()
+    with store.write() as conn:
+        _check_lease(conn, push.id, owner)
+        conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(last_run_at=now))
+        return _cut(store, conn, push, target, trigger)
+
+
+def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger: str) -> Cut:
+    out = Cut()
     pending: list[Batch] = []
     size = 0
-    now = utc_now()
+    ctype = content_type(push.format)
+    insert = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
 
     def flush() -> None:
-        nonlocal made, pending, size
-        with store.write() as wconn:
-            _check_lease(wconn, push.id, owner)
-            if made == 0:
-                wconn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(last_run_at=now))
-            wconn.execute(
-                deliveries_table.insert(),
-                [
-                    {
-                        "push_id": push.id,
-                        "webhook_id": new_webhook_id(),
-                        "status": "pending",
-                        "row_count": b.rows,
-                        "row_keys": b.keys,
-                        "body": b.body,
-                        "content_type": content_type(push.format),
-                        "attempts": [],
-                        "trigger": trigger,
-                        "created_at": utc_now(),
-                    }
-                    for b in pending
-                ],
-            )
-        made += len(pending)
+        nonlocal pending, size
+        params = [
+            {
+                "push_id": push.id,
+                "webhook_id": new_webhook_id(),
+                "status": "pending",
+                "row_count": b.rows,
+                "row_keys": b.keys,
+                "body": b.body,
+                "content_type": ctype,
+                "attempts": [],
+                "trigger": trigger,
+                "created_at": utc_now(),
+            }
+            for b in pending
+        ]
+        ids = conn.execute(insert, params).scalars().all()
+        kept = sum(len(d.body) for d in out.deliveries)
+        for ident, p in zip(ids, params):
+            if not out.more and kept + len(p["body"]) <= _KEEP_BYTES:
+                out.deliveries.append(Delivery(ident, push.id, p["webhook_id"], p["row_count"], p["row_keys"], p["body"], ctype, []))
+                kept += len(p["body"])
+            else:
+                out.more = True  # read back, in order, once the kept ones are delivered
+        out.made += len(params)
         pending, size = [], 0
 
-    with store.read() as conn:
-        query = view_query(store, get_view_by_id(store, push.view_id, conn), conn)
-        select = query.select(extra=[query.table.c._modified.label("_pb_marker")])
-        if query.limit is not None:
-            select = select.limit(int(query.limit))
-        width = len(query.output) + 1
-        cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
-        result = conn.execution_options(stream_results=True, yield_per=1000).execute(select)
-        for part in result.partitions(1000):
-            for raw in part:
-                batch = cutter.add(query.decoder(raw[:width]), _marker(store, raw[width]))
-                if batch is not None:
-                    pending.append(batch)
-                    size += len(batch.body)
-            if size >= _FLUSH_BYTES:
-                flush()
-        last = cutter.finish()
-        if last is not None:
-            pending.append(last)
+    width = target.width
+    decode = target.query.decoder
+    cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
+    result = conn.execute(target.rows, execution_options={"yield_per": 1000})
+    for part in result.partitions(1000):
+        for raw in part:
+            batch = cutter.add(decode(raw[:width]), _marker(store, raw[width]))
+            if batch is not None:
+                pending.append(batch)
+                size += len(batch.body)
+        if size >= _FLUSH_BYTES:
+            flush()
+    last = cutter.finish()
+    if last is not None:
+        pending.append(last)
     if pending:
         flush()
-    return made
+    return out
+
+
+def _first_pending(conn: sa.Connection, push_id: int) -> Delivery | None:
+    row = conn.execute(
+        sa.select(deliveries_table)
+        .where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending")
+        .order_by(deliveries_table.c.id)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return Delivery(row.id, row.push_id, row.webhook_id, row.row_count, row.row_keys, bytes(row.body), row.content_type, list(row.attempts or []))
 
 
 def next_pending(store: Store, push_id: int) -> Delivery | None:
     with store.read() as conn:
-        row = conn.execute(
-            sa.select(deliveries_table)
-            .where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending")
-            .order_by(deliveries_table.c.id)
-            .limit(1)
-        ).first()
-    if row is None:
-        return None
-    return Delivery(row.id, row.push_id, row.webhook_id, row.row_count, row.row_keys, bytes(row.body), row.content_type, list(row.attempts or []))
+        return _first_pending(conn, push_id)
 
 
 # ---------------------------------------------------------------------------------------------
 # After a call
 
 
-def _stamp(store: Store, conn: sa.Connection, push: Push, keys: list[list[int]], at: dt.datetime) -> int:
-    view = get_view_by_id(store, push.view_id, conn)
-    dataset = get_dataset_by_id(store, view.dataset_id, conn)
-    table = store.dataset_table(dataset.physical)
-    column = dataset.column(push.log_time_field).col
+def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[int]], at: dt.datetime) -> int:
     # Never earlier than what it stamps, so `{last modified [auto]} > {last pushed}` is false after.
     latest = max((k[1] for k in keys), default=0)
     value = max(at, codecs.micros_to_datetime(latest)) if store.dialect == "postgresql" else max(codecs.datetime_to_micros(at), latest)
-    # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
-    stmt = (
-        table.update()
-        .where(table.c._id == sa.bindparam("k_id"), table.c._modified == sa.bindparam("k_marker"))
-        .values({column: value})
-    )
+    sql, names = target.stamp_sql(conn)
     stamped = 0
     for start in range(0, len(keys), _STAMP_CHUNK):
-        params = [{"k_id": k[0], "k_marker": _marker_value(store, k[1])} for k in keys[start : start + _STAMP_CHUNK]]
-        stamped += conn.execute(stmt, params).rowcount or 0
+        chunk = keys[start : start + _STAMP_CHUNK]
+        if names is None:  # named parameters (psycopg)
+            params: list[Any] = [{"k_id": k[0], "k_marker": _marker_value(store, k[1]), "k_value": value} for k in chunk]
+        else:  # positional (sqlite3), in the order the statement names them
+            by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
+            order = [by_name[n] for n in names]
+            params = [tuple((value, k[0], _marker_value(store, k[1]))[i] for i in order) for k in chunk]
+        stamped += conn.exec_driver_sql(sql, params).rowcount or 0
     return stamped
 
 
@@ -291,15 +427,26 @@ def _attempt_json(attempt: Attempt, decision: Decision) -> dict[str, Any]:
     return data
 
 
-def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str, *, release_when_done: bool = False) -> Recorded:
+_STATE = (
+    pushes_table.c.enabled,
+    pushes_table.c.consecutive_failures,
+    pushes_table.c.calls_day,
+    pushes_table.c.calls_today,
+    pushes_table.c.lease_owner,
+)
+
+
+def record(
+    store: Store, push: Push, target: Target, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str, *, release_when_done: bool = False
+) -> Recorded:
     """Store one attempt of ``delivery`` and act on ``decision`` — in one transaction.
 
-    The lease is given up in the same transaction (one write less per call) after a failure, and after
-    a success when ``release_when_done`` and no other delivery of the push is pending.
+    The lease is given up in the same transaction after a failure, and after a success when
+    ``release_when_done`` (the engine knows nothing else of the push is pending).
     """
     now = utc_now()
     with store.write() as conn:
-        current = get_push_by_id(store, push.id, conn)
+        current = conn.execute(sa.select(*_STATE).where(pushes_table.c.id == push.id)).first()
         row = conn.execute(
             sa.select(deliveries_table.c.status, deliveries_table.c.attempts).where(deliveries_table.c.id == delivery.id)
         ).first()
@@ -312,57 +459,49 @@ def record(store: Store, push: Push, delivery: Delivery, attempt: Attempt, decis
         if len(attempts) > MAX_ATTEMPTS_KEPT:
             attempts = attempts[:1] + attempts[-(MAX_ATTEMPTS_KEPT - 1) :]
         day = utc_day(now)
-        calls = current.calls_on(day) + 1
+        calls = ((current.calls_today or 0) if current.calls_day == day else 0) + 1
+        enabled = bool(current.enabled)
+        holds = current.lease_owner == owner
+        release = {"lease_owner": None, "lease_expires_at": None}
         push_values: dict[str, Any] = {"calls_day": day, "calls_today": calls}
-        policy = current.retry_policy
+        policy = push.retry_policy
         if isinstance(decision, Success):
-            stamped = _stamp(store, conn, current, delivery.row_keys, now)
+            stamped = _stamp(store, conn, target, delivery.row_keys, now)
             conn.execute(
                 deliveries_table.update()
                 .where(deliveries_table.c.id == delivery.id)
                 .values(status="succeeded", attempts=attempts, finished_at=now, rows_stamped=stamped)
             )
-            push_values.update(
-                last_success_at=now, consecutive_failures=0, retry_at=None, last_error=None, status=policy.status_for(0, current.enabled)
-            )
-            released = release_when_done and not _more_pending(conn, push.id)
+            push_values.update(last_success_at=now, consecutive_failures=0, retry_at=None, last_error=None, status=policy.status_for(0, enabled))
+            released = release_when_done and holds
             if released:
-                push_values.update(_released(conn, push.id, owner))
+                push_values.update(release)
             conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
             # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
             publish_in(
                 store,
                 conn,
-                current.view_name,
-                {"push": current.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
+                push.view_name,
+                {"push": push.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
             )
-            return Recorded("succeeded", stamped, now, released=bool(released and push_values.get("lease_owner", owner) is None))
-        failures = current.consecutive_failures + 1
+            after = replace(push, enabled=enabled, consecutive_failures=0, retry_at=None, last_error=None, last_success_at=now, calls_day=day, calls_today=calls)
+            return Recorded("succeeded", stamped, now, released=released, push=after)
+        failures = (current.consecutive_failures or 0) + 1
         conn.execute(deliveries_table.update().where(deliveries_table.c.id == delivery.id).values(attempts=attempts))
-        push_values.update(_released(conn, push.id, owner))  # the engine stops after a failure
+        if holds:
+            push_values.update(release)  # the engine stops after a failure
         if isinstance(decision, Disable):
             push_values.update(
                 enabled=False, status="disabled", disabled_reason=decision.reason, last_error=decision.reason, consecutive_failures=failures, retry_at=None
             )
             conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-            return Recorded("disabled", released="lease_owner" in push_values)
+            after = replace(push, enabled=False, consecutive_failures=failures, retry_at=None, calls_day=day, calls_today=calls)
+            return Recorded("disabled", released=holds, push=after)
         assert isinstance(decision, RetryAt)
-        push_values.update(
-            consecutive_failures=failures, retry_at=decision.at, last_error=decision.reason, status=policy.status_for(failures, current.enabled)
-        )
+        push_values.update(consecutive_failures=failures, retry_at=decision.at, last_error=decision.reason, status=policy.status_for(failures, enabled))
         conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-        return Recorded("pending", released="lease_owner" in push_values)
-
-
-def _more_pending(conn: sa.Connection, push_id: int) -> bool:
-    query = sa.select(deliveries_table.c.id).where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending").limit(1)
-    return conn.execute(query).first() is not None
-
-
-def _released(conn: sa.Connection, push_id: int, owner: str) -> dict[str, Any]:
-    """Values that give up the lease, if ``owner`` still holds it."""
-    held = conn.execute(sa.select(pushes_table.c.lease_owner).where(pushes_table.c.id == push_id)).scalar()
-    return {"lease_owner": None, "lease_expires_at": None} if held == owner else {}
+        after = replace(push, enabled=enabled, consecutive_failures=failures, retry_at=decision.at, calls_day=day, calls_today=calls)
+        return Recorded("pending", at=decision.at, released=holds, push=after)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,12 +10,15 @@
   into new pending deliveries (see ``deliveries``) and sends them in order, each stamped on a 2xx.
 - Each push runs as its own asyncio task over one shared ``OutboundClient``, so a hanging or failing
   endpoint holds up only its own push. Database work runs in a small thread pool.
-- ``min_interval`` 0 means as soon as data arrives: a data wake-up waits ``linger_seconds`` first, so
-  rows loaded in quick succession go out together.
+- ``min_interval`` 0 means as soon as data arrives. A quiet push calls at once; rows that arrive while
+  a call is in flight go out together in the next call, and a data wake-up within ``linger_seconds``
+  of the push's last call waits until that much time has passed, so a stream of small loads is
+  batched instead of sent load by load.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -36,7 +39,7 @@ from ..settings import Settings
 from ..storage import Store
 from ..storage.schema import deliveries as deliveries_table
 from . import deliveries as db
-from .definitions import PUSH_CHANNEL, Push, enabled_push_ids, get_push, get_push_by_id, next_allowed_at, pushes_of_dataset
+from .definitions import PUSH_CHANNEL, Push, enabled_push_ids, get_push, get_push_by_id, next_allowed_at, pushes_by_dataset
 from .metrics import observe
 from .retry import Disable, RetryAt, Success
 from .signing import webhook_headers
@@ -87,12 +90,13 @@ class _Runner:
         self.event = asyncio.Event()
         self.linger = False
         self.missed = False  # woken while another worker held the lease
+        self._last_call = -1e9  # loop time when a go at the push last made a call
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.task = asyncio.get_running_loop().create_task(self._loop(), name=f"pushbase-push-{push_id}")
 
     def wake(self, *, linger: bool = False) -> None:
-        self.linger = self.linger or linger
+        self.linger = self.linger or linger  # linger: woken by new data
         self.event.set()
 
     def wake_at(self, when: dt.datetime) -> None:
@@ -110,17 +114,23 @@ class _Runner:
         while True:
             await self.event.wait()
             if self.linger and self.engine.settings.linger_seconds > 0:
-                await asyncio.sleep(self.engine.settings.linger_seconds)
+                # Data while the push is quiet goes out at once; data that keeps coming right after a
+                # call waits until ``linger_seconds`` after it, so a stream of small loads is batched.
+                hold = self._last_call + self.engine.settings.linger_seconds - asyncio.get_running_loop().time()
+                if hold > 0:
+                    await asyncio.sleep(hold)
             self.event.clear()
-            self.linger = False
+            data, self.linger = self.linger, False
             try:
-                work = await self.engine.work(self.push_id)
+                work = await self.engine.work(self.push_id, precheck=not data)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep the runner; try again a little later
                 log.exception("push #%s: unexpected error; trying again in %ss", self.push_id, _ERROR_BACKOFF)
                 work = Work(wake_at=utc_now() + dt.timedelta(seconds=_ERROR_BACKOFF))
             log.debug("push #%s: %s", self.push_id, work)
+            if work.delivery_ids:
+                self._last_call = asyncio.get_running_loop().time()
             if work.gone:
                 self.engine._forget(self)
                 return
@@ -146,6 +156,12 @@ class PushEngine:
         self._own_client = client is None
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="pushbase-push")
         self._runners: dict[int, _Runner] = {}
+        self._targets = db.TargetCache()
+        # Enabled pushes by the dataset their view reads: data wake-ups look here, not in the database.
+        self._by_dataset: dict[int, list[int]] | None = None
+        self._by_dataset_gen = 0
+        self._data_pending: set[int] = set()
+        self._data_waking = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
@@ -206,6 +222,7 @@ class PushEngine:
     def _dispatch(self, channel: str, payload: str) -> None:
         log.debug("wake-up %s %s", channel, payload)
         if channel == PUSH_CHANNEL:
+            self._by_dataset, self._by_dataset_gen = None, self._by_dataset_gen + 1  # pushes changed
             ident, _, what = payload.partition(":")
             if not ident.isdigit():
                 return
@@ -217,15 +234,18 @@ class PushEngine:
             else:
                 asyncio.get_running_loop().create_task(self._wake_push(push_id))
         elif payload.isdigit():
-            asyncio.get_running_loop().create_task(self._wake_dataset(int(payload)))
+            # Notifications that come together are settled and looked up together.
+            self._data_pending.add(int(payload))
+            if not self._data_waking:
+                self._data_waking = True
+                asyncio.get_running_loop().create_task(self._wake_datasets())
 
     def _settle(self) -> None:
         """Wait until the transaction that sent a notification has committed.
 
-        ``Store.notify`` calls local listeners from SQLAlchemy's ``commit`` event, which runs just
-        *before* the database commits, so a read made at once may not see the change yet. On SQLite
-        every write holds the one write connection until it has committed: taking it is the wait. (On
-        PostgreSQL the NOTIFY heard back after the commit wakes the push again.)
+        ``Store.notify`` may call local listeners just *before* the database commits, so a read made at
+        once might not see the change yet. On SQLite every write holds the one write connection until
+        it has committed: taking it is the wait. (On PostgreSQL the NOTIFY arrives after the commit.)
         """
         if self.store.dialect == "sqlite":
             with self.store.write_engine.connect():
@@ -236,15 +256,24 @@ class PushEngine:
             await self._db(self._settle)
         self.wake(push_id)
 
-    async def _wake_dataset(self, dataset_id: int) -> None:
+    async def _wake_datasets(self) -> None:
+        # Taken before settling: a notification that comes during the settle starts another round.
+        datasets, self._data_pending = self._data_pending, set()
+        self._data_waking = False
         try:
             await self._db(self._settle)
-            ids = await self._db(self._read, pushes_of_dataset, dataset_id)
+            by_dataset = self._by_dataset
+            if by_dataset is None:
+                generation = self._by_dataset_gen
+                by_dataset = await self._db(self._read, pushes_by_dataset)
+                if generation == self._by_dataset_gen:
+                    self._by_dataset = by_dataset
         except Exception:  # noqa: BLE001 - the sweep will find them
-            log.warning("could not look up the pushes of dataset #%s", dataset_id, exc_info=True)
+            log.warning("could not look up the pushes of datasets %s", sorted(datasets), exc_info=True)
             return
-        for push_id in ids:
-            self.wake(push_id, linger=True)
+        for dataset_id in datasets:
+            for push_id in by_dataset.get(dataset_id, ()):
+                self.wake(push_id, linger=True)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         with self.store.read() as conn:
@@ -264,6 +293,7 @@ class PushEngine:
 
     async def _sweep_loop(self) -> None:
         while True:
+            self._by_dataset, self._by_dataset_gen = None, self._by_dataset_gen + 1  # looked up afresh now and then
             try:
                 for push_id in await self._db(self._read, enabled_push_ids):
                     self.wake(push_id)
@@ -275,8 +305,9 @@ class PushEngine:
 
     # -- working a push ---------------------------------------------------------------------------
 
-    def _precheck(self, push_id: int) -> Push | Work:
-        """Reads only: is there anything to do now? Saves a lease (a write) on most wake-ups."""
+    def _precheck(self, push_id: int) -> Work | None:
+        """Reads only, one transaction: is there anything to do now? Saves a lease (a write) on most
+        wake-ups that find nothing; returns None when the push should be claimed."""
         with self.store.read() as conn:
             push = get_push_by_id(self.store, push_id, conn)
             if push is None:
@@ -286,29 +317,39 @@ class PushEngine:
             pending = conn.execute(
                 sa.select(deliveries_table.c.id).where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending").limit(1)
             ).first()
-        due = next_allowed_at(push, utc_now(), pending=pending is not None)
-        if due is not None:
-            return Work(wake_at=due)
-        if pending is None and not db.view_has_rows(self.store, push):
-            return Work()
-        return push
+            due = next_allowed_at(push, utc_now(), pending=pending is not None)
+            if due is not None:
+                return Work(wake_at=due)
+            if pending is None and not db.view_has_rows(conn, self._targets.get(self.store, conn, push)):
+                return Work()
+        return None
 
-    async def work(self, push_id: int, *, manual: bool = False, owner: str | None = None) -> Work:
+    async def work(self, push_id: int, *, manual: bool = False, owner: str | None = None, precheck: bool = True) -> Work:
         """One go at a push: finish what is pending, then cut and send the view's rows (once).
 
         ``owner`` names the lease holder: the runners of this engine share ``self.owner`` (one runner per
-        push), a run by hand brings its own so that the two exclude each other."""
+        push), a run by hand brings its own so that the two exclude each other. ``precheck=False`` (new
+        data: there is most likely something to send) goes straight to the claim, which takes no
+        lease when it finds nothing."""
         owner = owner or self.owner
-        if not manual:
+        if not manual and precheck:
             checked = await self._db(self._precheck, push_id)
-            if isinstance(checked, Work):
+            if checked is not None:
                 return checked
-        claimed = await self._db(db.claim, self.store, push_id, owner, manual=manual)
+        trigger = "manual" if manual else "auto"
+        try:
+            claimed = await self._db(db.claim, self.store, push_id, owner, self._targets, manual=manual, trigger=trigger)
+        except db.LeaseLost:
+            return Work()
         if claimed is None:
             # Gone (or, for a scheduled run, disabled meanwhile: the pre-check sees which next time).
             return Work(gone=manual)
+        if isinstance(claimed, db.NotYet):
+            return Work(wake_at=claimed.at)
         if isinstance(claimed, dt.datetime):
             return Work(wake_at=claimed + dt.timedelta(milliseconds=50), busy=True)
+        if not claimed.leased:
+            return Work(status="nothing_to_send")
         lost = asyncio.Event()
         renewer = asyncio.get_running_loop().create_task(self._renew(push_id, owner, lost))
         work = Work()
@@ -335,13 +376,25 @@ class PushEngine:
             except Exception:  # noqa: BLE001 - try again at the next tick; the lease has slack
                 log.warning("push #%s: could not renew the lease", push_id, exc_info=True)
 
-    async def _deliver(self, push: Push, manual: bool, owner: str, lost: asyncio.Event) -> Work:
+    async def _deliver(self, claimed: db.Claimed, manual: bool, owner: str, lost: asyncio.Event) -> Work:
+        """Send the claimed deliveries in order, each recorded (and stamped on a 2xx) before the next.
+
+        The claim holds the deliveries it cut in memory; ones left from before (a failure, a crash) are
+        sent first, then the view is cut once more. Each ``record`` returns the push as it left it, so
+        nothing is read back between calls."""
+        push, target = claimed.push, claimed.target
+        queue = collections.deque(claimed.deliveries)
+        more, cut_done = claimed.more, claimed.cut
         work = Work(status="nothing_to_send")
-        cut_done = False
         trigger = "manual" if manual else "auto"
         while not lost.is_set():
-            delivery = await self._db(db.next_pending, self.store, push.id)
-            if delivery is None:
+            if not queue and more:
+                found = await self._db(db.next_pending, self.store, push.id)
+                if found is None:
+                    more = False
+                else:
+                    queue.append(found)
+            if not queue:
                 if cut_done:
                     break
                 if not manual:
@@ -350,11 +403,14 @@ class PushEngine:
                         work.wake_at = due
                         break
                 try:
-                    await self._db(db.cut, self.store, push, owner, trigger=trigger)
+                    made = await self._db(db.cut, self.store, push, target, owner, trigger=trigger)
                 except db.LeaseLost:
                     break
                 cut_done = True
+                queue.extend(made.deliveries)
+                more = made.more
                 continue
+            delivery = queue[0]
             if not manual:
                 due = next_allowed_at(push, utc_now(), pending=True)
                 if due is not None:
@@ -362,7 +418,8 @@ class PushEngine:
                     break
             attempt = await self._send(push, delivery)
             decision = push.retry_policy.decide(attempt, push.consecutive_failures, utc_now())
-            recorded = await self._db(db.record, self.store, push, delivery, attempt, decision, owner, release_when_done=cut_done)
+            last = cut_done and not more and len(queue) == 1  # nothing else of this push is pending
+            recorded = await self._db(db.record, self.store, push, target, delivery, attempt, decision, owner, release_when_done=last)
             outcome = "succeeded" if isinstance(decision, Success) else "disabled" if isinstance(decision, Disable) else "retry"
             observe(outcome, attempt.duration_ms / 1000, delivery.row_count)
             work.delivery_ids.append(delivery.id)
@@ -370,32 +427,24 @@ class PushEngine:
             if recorded.status == "gone":
                 work.gone = True
                 return work
-            if recorded.status == "succeeded":
-                work.status = "succeeded"
-                work.rows += delivery.row_count
-                work.rows_stamped += recorded.rows_stamped
-            if recorded.released:
-                # Given up with the record: nothing of this push may be touched any more.
-                work.released = True
-                if recorded.status == "pending":
-                    work.status = "failed"
-                    refreshed = await self._db(self._read, lambda conn: get_push_by_id(self.store, push.id, conn))
-                    work.wake_at = refreshed.retry_at if refreshed else None
-                elif recorded.status == "disabled":
-                    work.status = "disabled"
-                return work
-            refreshed = await self._db(self._read, lambda conn: get_push_by_id(self.store, push.id, conn))
-            if refreshed is None:
-                work.gone = True
-                return work
-            push = refreshed
+            if recorded.push is None:
+                break  # another worker finished this delivery (our lease had expired): stop here
+            push = recorded.push
+            work.released = recorded.released
             if recorded.status == "disabled":
                 work.status = "disabled"
-                break
+                return work
             if recorded.status == "pending":
                 work.status = "failed"
-                work.wake_at = push.retry_at
-                break
+                work.wake_at = recorded.at
+                return work
+            queue.popleft()
+            work.status = "succeeded"
+            work.rows += delivery.row_count
+            work.rows_stamped += recorded.rows_stamped
+            if recorded.released:
+                # Given up with the record: nothing of this push may be touched any more.
+                return work
         return work
 
     async def _send(self, push: Push, delivery: db.Delivery) -> Attempt:
