@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ __all__ = [
 MAX_ERRORS_LISTED = 100
 _LOOKUP_CHUNK = 2000
 _INT64 = (-(2**63), 2**63 - 1)
+_ROWS_PER_INSERT = 100
+_MAX_PARAMS = 30_000  # SQLite allows 32,766 bound parameters per statement
 
 
 class JobFailed(Exception):
@@ -443,8 +446,19 @@ def _insert(store: Store, conn: sa.Connection, dataset: Dataset, rows: list[tupl
     if store.dialect == "sqlite":
         # `now` is our own integer (microseconds), written as a literal so each row tuple goes as is.
         marks = ", ".join("?" for _ in dataset.columns)
-        sql = f'INSERT INTO "ds_{dataset.id}" ({names}) VALUES ({int(now)}, {int(now)}{", " if marks else ""}{marks})'
-        raw.cursor().executemany(sql, rows)  # type: ignore[union-attr]
+        one = f'({int(now)}, {int(now)}{", " if marks else ""}{marks})'
+        sql = f'INSERT INTO "ds_{dataset.id}" ({names}) VALUES '
+        cursor = raw.cursor()  # type: ignore[union-attr]
+        # Many rows per statement: a third less CPU per row than one row per statement, and one trip
+        # into SQLite (one release of the GIL) per group rather than per row.
+        per = max(1, min(_ROWS_PER_INSERT, _MAX_PARAMS // max(1, len(dataset.columns))))
+        full = len(rows) // per * per
+        if full and per > 1:
+            flat = itertools.chain.from_iterable
+            cursor.executemany(sql + ", ".join([one] * per), [tuple(flat(rows[i:i + per])) for i in range(0, full, per)])
+            rows = rows[full:]
+        if rows:
+            cursor.executemany(sql + one, rows)
         return
     with raw.cursor().copy(f'COPY "ds_{dataset.id}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
         for row in rows:

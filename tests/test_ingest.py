@@ -226,3 +226,64 @@ def test_qrvey_compatible_postdata_and_status(orders):
     wait_job(orders, "orders", bad)
     failed = orders.get(f"/compat/qrvey/{bad}/status").json()
     assert failed["statusJob"]["status"] == "ErrorExit" and failed["jobCompletionStatistics"]["recordsFailed"] == 1
+
+
+def test_large_payloads_round_trip_whatever_their_size(orders):
+    """Rows go to SQLite many per INSERT statement: sizes around the group size, typed and general path."""
+    for start, count in ((0, 1), (1, 99), (100, 101), (201, 1234)):
+        rows = [
+            {"order_id": start + i, "customer": f"c{start + i}", "total": i / 4, "paid": i % 2 == 0, "day": "2024-05-01",
+             "at": "2024-05-01T12:00:00Z", "meta": {"i": i}}
+            for i in range(count)
+        ]
+        doc = orders.load("orders", rows)
+        assert doc["status"] == "Complete" and doc["rows_inserted"] == count, doc
+    # The general path (a naive datetime, an integer given as 1.0) loads the same way.
+    doc = orders.load("orders", [{"order_id": 2000 + i, "total": 1.0, "at": "2024-05-01T12:00:00"} for i in range(150)])
+    assert doc["status"] == "Complete" and doc["rows_inserted"] == 150, doc
+    rows = {r["order_id"]: r for r in orders.all_rows("/api/datasets/orders/rows", limit=1000)}
+    assert len(rows) == 1435 + 150
+    assert rows[1300]["customer"] == "c1300" and rows[1300]["meta"] == {"i": 1099} and rows[1300]["paid"] is False
+    assert rows[1300]["at"] == "2024-05-01T12:00:00.000000Z" and rows[2149]["at"] == "2024-05-01T12:00:00.000000Z"
+
+
+def test_a_payload_that_breaks_a_rule_is_recorded_ended_at_once(orders):
+    r = orders.post("/api/datasets/orders/data", json=[{"order_id": 1}, {"order_id": "two"}])
+    assert r.status_code == 202
+    # Checked before the 202: the job is already ErrorExit, with the row, column, type and value named.
+    doc = orders.get(f"/api/datasets/orders/data/{r.json()['jobId']}/status").json()
+    assert doc["status"] == "ErrorExit" and doc["rows_received"] == 2
+    assert doc["errors"] == [{"row": 1, "column": "order_id", "message": "expected an integer", "value": "two", "expected": "integer"}]
+    assert orders.all_rows("/api/datasets/orders/rows") == []
+
+
+def test_handed_off_job_loads_in_one_transaction_and_shows_loading(store, monkeypatch):
+    from pushbase import datasets, ingest, loading
+
+    dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    body = orjson.dumps([{"order_id": 1, "customer": "a"}])
+    payload = ingest.prepare_payload(store, dataset, "load", body, "application/json")
+    job_id = ingest.accept_job(store, dataset, "load", payload, body, "application/json")
+    assert ingest.job_status(store, job_id)["status"] == "Initializing"
+    seen = []
+    write_rows = loading.write_rows
+
+    def spy(*args, **kwargs):
+        seen.append(ingest.job_status(store, job_id)["status"])
+        return write_rows(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "write_rows", spy)
+    doc = ingest.run_next_job(store, "test-owner")
+    assert seen == ["Loading"]
+    assert doc["status"] == "Complete" and doc["rows_inserted"] == 1 and doc["started_at"]
+
+
+def test_handed_off_job_is_checked_again_when_columns_were_added(store):
+    from pushbase import datasets, ingest
+
+    dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    body = orjson.dumps([{"order_id": 1, "customer": "a"}])
+    job_id = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
+    datasets.update_dataset(store, "orders", {"add_columns": [{"name": "region", "type": "string"}]})
+    doc = ingest.run_next_job(store, "test-owner", job_id)
+    assert doc["status"] == "Complete" and doc["rows_inserted"] == 1, doc
