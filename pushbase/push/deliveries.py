@@ -79,6 +79,53 @@ MAX_ATTEMPTS_KEPT = 100
 _FLUSH_BYTES = 8 * 1024 * 1024
 _KEEP_BYTES = 8 * 1024 * 1024  # pending deliveries handed to the engine in memory after a cut
 _STAMP_CHUNK = 500
+_STAMP_CHUNK_PG = 10_000
+_PROBE_ROWS = 2000
+
+
+# The statements of every call, built once: building a statement and its cache key costs more than
+# running it on SQLite. Parameters are bound by name at each execution.
+_P = sa.bindparam
+_VIEW_OF_PUSH = sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == _P("view_id"))
+_PUSH_ROW = sa.select(pushes_table).where(pushes_table.c.id == _P("push_id"))
+_PUSH_ROW_LOCKED = _PUSH_ROW.with_for_update(skip_locked=True)
+_PUSH_EXISTS = sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id"))
+_FIRST_PENDING = (
+    sa.select(deliveries_table)
+    .where(deliveries_table.c.push_id == _P("push_id"), deliveries_table.c.status == "pending")
+    .order_by(deliveries_table.c.id)
+    .limit(1)
+)
+_INSERT_DELIVERIES = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
+_LEASE = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
+_LEASE_AND_RUN = _LEASE.values(last_run_at=_P("run_at"))
+_STATE = sa.select(
+    pushes_table.c.enabled,
+    pushes_table.c.consecutive_failures,
+    pushes_table.c.calls_day,
+    pushes_table.c.calls_today,
+    pushes_table.c.lease_owner,
+).where(pushes_table.c.id == _P("push_id"))
+_DELIVERY_STATE = sa.select(deliveries_table.c.status, deliveries_table.c.attempts).where(deliveries_table.c.id == _P("delivery_id"))
+_DELIVERED = (
+    deliveries_table.update()
+    .where(deliveries_table.c.id == _P("delivery_id"))
+    .values(status="succeeded", attempts=_P("attempts"), finished_at=_P("at"), rows_stamped=_P("stamped"))
+)
+_SUCCEEDED = (
+    pushes_table.update()
+    .where(pushes_table.c.id == _P("push_id"))
+    .values(
+        calls_day=_P("day"),
+        calls_today=_P("calls"),
+        last_success_at=_P("at"),
+        consecutive_failures=0,
+        retry_at=None,
+        last_error=None,
+        status=_P("status"),
+    )
+)
+_SUCCEEDED_AND_RELEASED = _SUCCEEDED.values(lease_owner=None, lease_expires_at=None)
 
 
 class LeaseLost(Exception):
@@ -117,19 +164,32 @@ class Target:
 
     query: ViewQuery
     rows: sa.Select  # the view's rows in view order, each with its raw ``_modified`` marker last
+    first_rows: sa.Select  # the same, at most ``_PROBE_ROWS + 1`` of them
     width: int  # columns of a row before the marker
     any_row: sa.Select  # does the view select anything? (no order, one row)
     stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
+    log_col: str  # the log-time field's physical column
     _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
 
     def stamp_sql(self, conn: sa.Connection) -> tuple[str, tuple[str, ...] | None]:
-        """``stamp`` compiled once: its SQL and, for a positional driver, its parameters' order. Sent
-        with ``exec_driver_sql`` (executemany), which skips SQLAlchemy's per-row parameter work."""
+        """``stamp`` ready for ``exec_driver_sql``, which skips SQLAlchemy's per-row parameter work.
+
+        SQLite: the compiled UPDATE and its parameters' order, run as an executemany (in process, so
+        one statement per row costs little). PostgreSQL: one UPDATE joined to ``unnest`` of the ids
+        and markers, so a batch is stamped in one round trip; parameters ``v``, ``ids``, ``ms``."""
         found = self._compiled.get(conn.dialect.name)
         if found is None:
-            compiled = self.stamp.compile(dialect=conn.dialect)
-            names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-            found = self._compiled[conn.dialect.name] = (str(compiled), names)
+            if conn.dialect.name == "postgresql":
+                quote = conn.dialect.identifier_preparer.quote
+                found = (
+                    f"UPDATE {quote(self.query.table.name)} AS t SET {quote(self.log_col)} = %(v)s "
+                    "FROM unnest(%(ids)s::bigint[], %(ms)s::timestamptz[]) AS k(id, m) WHERE t._id = k.id AND t._modified = k.m",
+                    None,
+                )
+            else:
+                compiled = self.stamp.compile(dialect=conn.dialect)
+                found = (str(compiled), tuple(compiled.positiontup or ()))
+            self._compiled[conn.dialect.name] = found
         return found
 
 
@@ -146,9 +206,7 @@ class TargetCache:
 
     def load(self, store: Store, conn: sa.Connection, row: Any) -> tuple[Push, Target]:
         """The push of a ``pb_pushes`` row (or a ``Push``) and its target: two small reads (view, dataset)."""
-        view = conn.execute(
-            sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == row.view_id)
-        ).first()
+        view = conn.execute(_VIEW_OF_PUSH, {"view_id": row.view_id}).first()
         if view is None:
             raise NotFound(f"view #{row.view_id} does not exist")
         dataset = get_dataset_by_id(store, view.dataset_id, conn)
@@ -171,14 +229,16 @@ def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], lo
     rows = query.select(extra=[query.table.c._modified.label("_pb_marker")])
     if query.limit is not None:
         rows = rows.limit(int(query.limit))
+    first_rows = rows.limit(_PROBE_ROWS + 1 if query.limit is None else min(int(query.limit), _PROBE_ROWS + 1))
     table = query.table
+    log_col = dataset.column(log_time_field).col
     stamp = (
         table.update()
         .where(table.c._id == sa.bindparam("k_id"), table.c._modified == sa.bindparam("k_marker"))
         # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
-        .values({dataset.column(log_time_field).col: sa.bindparam("k_value")})
+        .values({log_col: sa.bindparam("k_value")})
     )
-    return Target(query, rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp)
+    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +273,11 @@ def claim(
     ignores it)."""
     now = utc_now()
     with store.write() as conn:
-        row = conn.execute(store.skip_locked(sa.select(pushes_table).where(pushes_table.c.id == push_id))).first()
+        locked = _PUSH_ROW_LOCKED if store.dialect == "postgresql" else _PUSH_ROW
+        row = conn.execute(locked, {"push_id": push_id}).first()
         if row is None:
             # Gone, or locked this instant by another worker claiming it (PostgreSQL).
-            exists = conn.execute(sa.select(pushes_table.c.id).where(pushes_table.c.id == push_id)).first()
+            exists = conn.execute(_PUSH_EXISTS, {"push_id": push_id}).first()
             return now + dt.timedelta(seconds=1) if exists else None
         if not row.enabled and not manual:
             return None
@@ -235,16 +296,16 @@ def claim(
             due = next_allowed_at(push, now, pending=first is not None)
             if due is not None:
                 return NotYet(due)
-        lease = {"lease_owner": owner, "lease_expires_at": now + dt.timedelta(seconds=LEASE_SECONDS)}
+        lease = {"push_id": push_id, "owner": owner, "expires": now + dt.timedelta(seconds=LEASE_SECONDS)}
         if first is not None:
-            conn.execute(pushes_table.update().where(pushes_table.c.id == push_id).values(**lease))
+            conn.execute(_LEASE, lease)
             return Claimed(push, target, [first], more=True, cut=False)
         # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
         # meanwhile, and when the view selects nothing no lease is taken (no write at all).
         made = _cut(store, conn, push, target, trigger)
         if not made.made:
             return Claimed(push, target, [], more=False, cut=True, leased=False)
-        conn.execute(pushes_table.update().where(pushes_table.c.id == push_id).values(**lease, last_run_at=now))
+        conn.execute(_LEASE_AND_RUN, {**lease, "run_at": now})
         return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
 
 
@@ -326,7 +387,6 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     pending: list[Batch] = []
     size = 0
     ctype = content_type(push.format)
-    insert = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
 
     def flush() -> None:
         nonlocal pending, size
@@ -345,7 +405,7 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
             }
             for b in pending
         ]
-        ids = conn.execute(insert, params).scalars().all()
+        ids = conn.execute(_INSERT_DELIVERIES, params).scalars().all()
         kept = sum(len(d.body) for d in out.deliveries)
         for ident, p in zip(ids, params):
             if not out.more and kept + len(p["body"]) <= _KEEP_BYTES:
@@ -359,8 +419,12 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     width = target.width
     decode = target.query.decoder
     cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
-    result = conn.execute(target.rows, execution_options={"yield_per": 1000})
-    for part in result.partitions(1000):
+    # Most cuts are small: read them at once. A large view is streamed (a server-side cursor on
+    # PostgreSQL costs round trips that a small cut would notice).
+    parts: Any = [conn.execute(target.first_rows).all()]
+    if len(parts[0]) > _PROBE_ROWS:
+        parts = conn.execute(target.rows, execution_options={"yield_per": 1000}).partitions(1000)
+    for part in parts:
         for raw in part:
             batch = cutter.add(decode(raw[:width]), _marker(store, raw[width]))
             if batch is not None:
@@ -377,12 +441,7 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
 
 
 def _first_pending(conn: sa.Connection, push_id: int) -> Delivery | None:
-    row = conn.execute(
-        sa.select(deliveries_table)
-        .where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending")
-        .order_by(deliveries_table.c.id)
-        .limit(1)
-    ).first()
+    row = conn.execute(_FIRST_PENDING, {"push_id": push_id}).first()
     if row is None:
         return None
     return Delivery(row.id, row.push_id, row.webhook_id, row.row_count, row.row_keys, bytes(row.body), row.content_type, list(row.attempts or []))
@@ -403,15 +462,17 @@ def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[in
     value = max(at, codecs.micros_to_datetime(latest)) if store.dialect == "postgresql" else max(codecs.datetime_to_micros(at), latest)
     sql, names = target.stamp_sql(conn)
     stamped = 0
+    if names is None:  # PostgreSQL: one statement per chunk
+        for start in range(0, len(keys), _STAMP_CHUNK_PG):
+            chunk = keys[start : start + _STAMP_CHUNK_PG]
+            params = {"v": value, "ids": [k[0] for k in chunk], "ms": [codecs.micros_to_datetime(k[1]) for k in chunk]}
+            stamped += conn.exec_driver_sql(sql, params).rowcount or 0
+        return stamped
+    by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
+    order = [by_name[n] for n in names]
     for start in range(0, len(keys), _STAMP_CHUNK):
-        chunk = keys[start : start + _STAMP_CHUNK]
-        if names is None:  # named parameters (psycopg)
-            params: list[Any] = [{"k_id": k[0], "k_marker": _marker_value(store, k[1]), "k_value": value} for k in chunk]
-        else:  # positional (sqlite3), in the order the statement names them
-            by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
-            order = [by_name[n] for n in names]
-            params = [tuple((value, k[0], _marker_value(store, k[1]))[i] for i in order) for k in chunk]
-        stamped += conn.exec_driver_sql(sql, params).rowcount or 0
+        rows = [(value, k[0], k[1]) for k in keys[start : start + _STAMP_CHUNK]]
+        stamped += conn.exec_driver_sql(sql, [tuple(r[i] for i in order) for r in rows]).rowcount or 0
     return stamped
 
 
@@ -427,15 +488,6 @@ def _attempt_json(attempt: Attempt, decision: Decision) -> dict[str, Any]:
     return data
 
 
-_STATE = (
-    pushes_table.c.enabled,
-    pushes_table.c.consecutive_failures,
-    pushes_table.c.calls_day,
-    pushes_table.c.calls_today,
-    pushes_table.c.lease_owner,
-)
-
-
 def record(
     store: Store, push: Push, target: Target, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str, *, release_when_done: bool = False
 ) -> Recorded:
@@ -446,10 +498,8 @@ def record(
     """
     now = utc_now()
     with store.write() as conn:
-        current = conn.execute(sa.select(*_STATE).where(pushes_table.c.id == push.id)).first()
-        row = conn.execute(
-            sa.select(deliveries_table.c.status, deliveries_table.c.attempts).where(deliveries_table.c.id == delivery.id)
-        ).first()
+        current = conn.execute(_STATE, {"push_id": push.id}).first()
+        row = conn.execute(_DELIVERY_STATE, {"delivery_id": delivery.id}).first()
         if current is None or row is None:
             return Recorded("gone")
         if row.status != "pending":
@@ -467,16 +517,12 @@ def record(
         policy = push.retry_policy
         if isinstance(decision, Success):
             stamped = _stamp(store, conn, target, delivery.row_keys, now)
-            conn.execute(
-                deliveries_table.update()
-                .where(deliveries_table.c.id == delivery.id)
-                .values(status="succeeded", attempts=attempts, finished_at=now, rows_stamped=stamped)
-            )
-            push_values.update(last_success_at=now, consecutive_failures=0, retry_at=None, last_error=None, status=policy.status_for(0, enabled))
+            conn.execute(_DELIVERED, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
             released = release_when_done and holds
-            if released:
-                push_values.update(release)
-            conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
+            conn.execute(
+                _SUCCEEDED_AND_RELEASED if released else _SUCCEEDED,
+                {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)},
+            )
             # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
             publish_in(
                 store,
