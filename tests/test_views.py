@@ -188,3 +188,13 @@ def test_filter_on_a_column_uses_an_index(orders, store):
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             plan = repr(conn.exec_driver_sql("EXPLAIN " + sql).all())
             assert "Index" in plan and "Seq Scan" not in plan, plan
+
+
+def test_read_scope_never_opens_a_dataset_of_the_same_name(orders, store):
+    # A view may hide columns; a dataset sharing its name must not leak them to the view's readers.
+    assert orders.post("/api/views", json={"name": "orders", "dataset": "orders", "columns": ["order_id"]}).status_code == 201
+    key, _ = create_key(store, "bi", ["read:orders"])
+    reader = orders.with_key(key)
+    assert reader.get("/api/views/orders/rows").status_code == 200
+    assert reader.get("/api/datasets/orders/rows").status_code == 403
+    assert reader.get("/api/datasets/orders").status_code == 403
