@@ -257,11 +257,12 @@ class PushEngine:
         self.wake(push_id)
 
     async def _wake_datasets(self) -> None:
-        # Taken before settling: a notification that comes during the settle starts another round.
+        # No settle here: nothing below reads the new rows. The runner's claim is a write, which on
+        # SQLite waits for the notifying transaction to let go of the one write connection, and on
+        # PostgreSQL the NOTIFY comes after the commit.
         datasets, self._data_pending = self._data_pending, set()
         self._data_waking = False
         try:
-            await self._db(self._settle)
             by_dataset = self._by_dataset
             if by_dataset is None:
                 generation = self._by_dataset_gen
