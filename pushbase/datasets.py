@@ -26,6 +26,7 @@ from .columns import (
 from .errors import Conflict, Invalid, NotFound
 from .storage import DatasetColumns, Store
 from .storage.schema import datasets as datasets_table
+from .storage.schema import pushes as pushes_table
 from .storage.schema import views as views_table
 
 __all__ = ["Dataset", "DatasetColumn", "create_dataset", "get_dataset", "list_datasets", "update_dataset", "delete_dataset", "suggest"]
@@ -160,6 +161,7 @@ def create_dataset(store: Store, body: dict[str, Any]) -> Dataset:
     unique_id = _check_unique_id(body.get("unique_id"), columns)
     options = {"ignore_unknown_fields": bool(body.get("ignore_unknown_fields", False))}
     stored = [{"name": c.name, "type": c.type, "col": f"c{i}"} for i, c in enumerate(columns, start=1)]
+    _check_column_count(store, len(stored))
     now = utc_now()
     with store.write() as conn:
         if conn.execute(sa.select(datasets_table.c.id).where(datasets_table.c.name == name)).first():
@@ -232,6 +234,13 @@ def update_dataset(store: Store, name: str, body: dict[str, Any]) -> Dataset:
                     code="in_use",
                     details={"views": users},
                 )
+            stampers = pushes_stamping(conn, dataset.id, columns=set(drop))
+            if stampers:
+                raise Conflict(
+                    f"columns {', '.join(drop)} are the log-time field of pushes {', '.join(stampers)}; change or delete those pushes first",
+                    code="in_use",
+                    details={"pushes": stampers},
+                )
             stored = [c for c in stored if c["name"] not in drop]
             # Dropping the physical column needs table rebuilds on old SQLite; we keep it and forget it.
         if body.get("add_columns"):
@@ -245,6 +254,7 @@ def update_dataset(store: Store, name: str, body: dict[str, Any]) -> Dataset:
                 next_col += 1
                 stored.append(entry)
                 added.append((entry["name"], entry["type"], entry["col"]))
+            _check_column_count(store, next_col - 1)
             store.add_dataset_columns(conn, dataset.physical, added)
         conn.execute(
             datasets_table.update()
@@ -252,6 +262,31 @@ def update_dataset(store: Store, name: str, body: dict[str, Any]) -> Dataset:
             .values(columns=stored, options=options, next_col=next_col, updated_at=utc_now())
         )
         return get_dataset(store, name, conn)
+
+
+# Physical columns per dataset table, system columns and dropped (kept) columns included, stay well
+# below SQLite's 2,000 and PostgreSQL's 1,600 per table (and PostgreSQL's 1,664 per SELECT list).
+MAX_COLUMNS = 1000
+
+
+def _check_column_count(store: Store, physical_columns: int) -> None:
+    if physical_columns > MAX_COLUMNS:
+        raise Invalid(
+            f"a dataset holds at most {MAX_COLUMNS} columns over its life (dropped ones count: they are kept); "
+            f"this would make {physical_columns}",
+            code="too_many_columns",
+            details={"max": MAX_COLUMNS, "columns": physical_columns},
+        )
+
+
+def pushes_stamping(conn: sa.Connection, dataset_id: int, columns: set[str]) -> list[str]:
+    """Names of pushes whose log-time field is one of ``columns`` of the dataset."""
+    query = (
+        sa.select(pushes_table.c.name, pushes_table.c.definition)
+        .join(views_table, views_table.c.id == pushes_table.c.view_id)
+        .where(views_table.c.dataset_id == dataset_id)
+    )
+    return sorted(row.name for row in conn.execute(query) if (row.definition or {}).get("log_time_field") in columns)
 
 
 def views_using(conn: sa.Connection, dataset_id: int, columns: set[str] | None = None) -> list[str]:

@@ -137,3 +137,32 @@ def test_delete_dataset(api):
     api.post("/api/datasets", json={"name": "orders", "columns": [{"name": "a", "type": "string"}]})
     assert api.delete("/api/datasets/orders").status_code == 200
     assert api.get("/api/datasets/orders").status_code == 404
+
+
+def test_wide_datasets_are_refused_with_a_clear_error(api):
+    sample = {f"f{i}": i for i in range(1001)}
+    r = api.post("/api/datasets", json={"name": "wide", "sample": sample})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_columns", r.text
+    assert api.get("/api/datasets/wide").status_code == 404
+    assert api.post("/api/datasets", json={"name": "wide", "sample": {f"f{i}": i for i in range(990)}}).status_code == 201
+    # Dropped columns stay in the table, so they count: add/drop cycles cannot pass the limit either.
+    assert api.patch("/api/datasets/wide", json={"drop_columns": [f"f{i}" for i in range(100)]}).status_code == 200
+    r = api.patch("/api/datasets/wide", json={"add_columns": [{"name": f"g{i}", "type": "string"} for i in range(11)]})
+    assert r.status_code == 422 and r.json()["error"]["details"]["columns"] == 1001, r.text
+    assert api.patch("/api/datasets/wide", json={"add_columns": [{"name": "g0", "type": "string"}]}).status_code == 200
+    done = api.post("/api/datasets/wide/data?wait=true", json=[{"f989": 1, "g0": "x"}]).json()
+    assert done["status"] == "Complete", done
+
+
+def test_log_time_field_of_a_push_cannot_be_dropped(api):
+    cols = [{"name": "id", "type": "integer"}, {"name": "last pushed", "type": "datetime"}, {"name": "note", "type": "string"}]
+    assert api.post("/api/datasets", json={"name": "dl", "columns": cols, "unique_id": ["id"]}).status_code == 201
+    assert api.post("/api/views", json={"name": "dl_all", "dataset": "dl"}).status_code == 201
+    push = {"name": "dl_out", "view": "dl_all", "url": "http://127.0.0.1:9/hook", "log_time_field": "last pushed", "enabled": False}
+    assert api.post("/api/pushes", json=push).status_code == 201
+    r = api.patch("/api/datasets/dl", json={"drop_columns": ["last pushed"]})
+    assert r.status_code == 409 and r.json()["error"]["details"] == {"pushes": ["dl_out"]}, r.text
+    assert [c["name"] for c in api.get("/api/datasets/dl").json()["columns"]] == ["id", "last pushed", "note"]
+    assert api.patch("/api/datasets/dl", json={"drop_columns": ["note"]}).status_code == 200
+    assert api.delete("/api/pushes/dl_out").status_code == 200
+    assert api.patch("/api/datasets/dl", json={"drop_columns": ["last pushed"]}).status_code == 200
