@@ -287,3 +287,23 @@ def test_handed_off_job_is_checked_again_when_columns_were_added(store):
     datasets.update_dataset(store, "orders", {"add_columns": [{"name": "region", "type": "string"}]})
     doc = ingest.run_next_job(store, "test-owner", job_id)
     assert doc["status"] == "Complete" and doc["rows_inserted"] == 1, doc
+
+
+def test_a_completed_job_drops_its_body_in_its_final_commit(store):
+    import sqlalchemy as sa
+
+    from pushbase import datasets, ingest
+    from pushbase.storage.schema import jobs
+
+    dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    body = orjson.dumps([{"order_id": 1}])
+    job_id = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
+    with store.read() as conn:
+        assert conn.execute(sa.select(jobs.c.body).where(jobs.c.id == job_id)).scalar() == body
+    assert ingest.run_next_job(store, "test-owner")["status"] == "Complete"
+    with store.read() as conn:
+        assert conn.execute(sa.select(jobs.c.body).where(jobs.c.id == job_id)).scalar() is None
+    if store.dialect == "sqlite":
+        # Freed body pages are reused, not zeroed page by page (secure_delete=FAST is 2).
+        with store.write() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2
