@@ -198,3 +198,32 @@ def test_read_scope_never_opens_a_dataset_of_the_same_name(orders, store):
     assert reader.get("/api/views/orders/rows").status_code == 200
     assert reader.get("/api/datasets/orders/rows").status_code == 403
     assert reader.get("/api/datasets/orders").status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"filters": [{"field": "total", "op": "gt", "value": i} for i in range(101)]}, "invalid_view"),
+        ({"calculations": [{"name": f"c{i}", "formula": "{total} * 2"} for i in range(201)]}, "invalid_view"),
+        ({"sort": [{"field": "total"}] * 21}, "invalid_view"),
+        # Each `in` value is a query parameter; both engines cap those.
+        ({"filters": [{"field": "customer", "op": "in", "value": [f"v{i}-{j}" for j in range(1000)]} for i in range(11)]}, "invalid_view"),
+    ],
+)
+def test_views_the_database_could_not_run_are_refused_when_saved(orders, body, code):
+    r = orders.post("/api/views", json={"name": "huge", "dataset": "orders", **body})
+    assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text[:300]
+    assert orders.get("/api/views/huge").status_code == 404
+
+
+def test_largest_allowed_view_saves_and_reads_on_both_engines(orders):
+    body = {
+        "filters": [{"field": "customer", "op": "in", "value": ["c0", "c1", "c2"] + [f"v{i}-{j}" for j in range(97)]} for i in range(100)],
+        "calculations": [{"name": f"c{i}", "formula": "{total} * 2"} for i in range(200)],
+        "sort": [{"field": "total", "direction": "desc"}] * 20,
+    }
+    assert orders.post("/api/views", json={"name": "largest", "dataset": "orders", **body}).status_code == 201
+    r = orders.get("/api/views/largest/rows")
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["rows"]) == 7 and r.json()["rows"][0]["c199"] == 35.0
+    assert orders.get("/api/views/largest/rows", params={"format": "csv"}).text.count("\n") == 8

@@ -41,6 +41,19 @@ class View:
         }
 
 
+# Enough for any real view, and far from the databases' own limits (SQLite's expression depth of
+# 1,000, PostgreSQL's 1,664 entries per SELECT list), which must never surface as a 5xx.
+MAX_CALCULATIONS = 200
+MAX_FILTERS = 100
+MAX_SORT_KEYS = 20
+MAX_FILTER_VALUES = 10_000  # all `in` lists together: each value is one query parameter
+
+
+def _at_most(items: list[Any], limit: int, what: str) -> None:
+    if len(items) > limit:
+        raise Invalid(f"a view has at most {limit} {what}; this one has {len(items)}", code="invalid_view", details={"max": limit, what: len(items)})
+
+
 def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     definition: dict[str, Any] = {}
     columns = body.get("columns")
@@ -50,6 +63,7 @@ def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     calcs = body.get("calculations") or []
     if not isinstance(calcs, list):
         raise Invalid("calculations must be a list of {name, formula}", code="invalid_view")
+    _at_most(calcs, MAX_CALCULATIONS, "calculations")
     for i, calc in enumerate(calcs):
         if not isinstance(calc, dict) or not isinstance(calc.get("name"), str) or not isinstance(calc.get("formula"), str):
             raise Invalid(f"calculations[{i}] must be {{name, formula}} with text values", code="invalid_view")
@@ -59,10 +73,14 @@ def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     filters = body.get("filters") or []
     if not isinstance(filters, list):
         raise Invalid("filters must be a list of {field, op, value}", code="invalid_view")
+    _at_most(filters, MAX_FILTERS, "filters")
+    in_values = [v for f in filters if isinstance(f, dict) and isinstance(f.get("value"), list) for v in f["value"]]
+    _at_most(in_values, MAX_FILTER_VALUES, "filter values")
     definition["filters"] = filters
     sort = body.get("sort") or []
     if not isinstance(sort, list):
         raise Invalid("sort must be a list of {field, direction}", code="invalid_view")
+    _at_most(sort, MAX_SORT_KEYS, "sort")
     definition["sort"] = [s if isinstance(s, dict) else {"field": s, "direction": "asc"} for s in sort]
     definition["limit"] = body.get("limit")
     description = body.get("description")
@@ -80,7 +98,22 @@ def _check(store: Store, dataset: Dataset, definition: dict[str, Any], conn: sa.
     query = ViewQuery(store, dataset, definition)
     for col in query.indexable_columns():
         store.ensure_index(conn, dataset.physical, col)
+    try:
+        # Let the database see the whole query once now, so that its own limits are met at save time.
+        conn.execute(query.select().limit(0)).close()
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if not _is_size_limit(exc):
+            raise
+        raise Invalid(f"this view is too large for the database: {exc.orig}", code="view_too_complex") from None
     return query
+
+
+def _is_size_limit(exc: sa.exc.DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return str(sqlstate).startswith("54")  # PostgreSQL: program_limit_exceeded and its kin
+    message = str(exc.orig).lower()
+    return "too large" in message or "too many" in message or "too deep" in message
 
 
 def create_view(store: Store, body: dict[str, Any]) -> View:
