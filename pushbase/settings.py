@@ -15,7 +15,7 @@ SETTINGS: tuple[tuple[str, str, object, str], ...] = (
     ("max_body_bytes", "PUSHBASE_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest request body accepted; larger answers 413"),
     ("allow_private_targets", "PUSHBASE_ALLOW_PRIVATE_TARGETS", False, "let pushes, actions and tasks call loopback and private addresses"),
     ("sweep_seconds", "PUSHBASE_SWEEP_SECONDS", 30.0, "how often pushes re-check views whose rows match because of time alone (now())"),
-    ("linger_seconds", "PUSHBASE_LINGER_SECONDS", 0.05, "with min_interval 0, how long a push waits after new data to batch it"),
+    ("linger_seconds", "PUSHBASE_LINGER_SECONDS", 0.05, "with min_interval 0, how long after its last call a push holds new data back to batch it (a quiet push calls at once)"),
 )
 
 
