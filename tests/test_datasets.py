@@ -166,3 +166,11 @@ def test_log_time_field_of_a_push_cannot_be_dropped(api):
     assert api.patch("/api/datasets/dl", json={"drop_columns": ["note"]}).status_code == 200
     assert api.delete("/api/pushes/dl_out").status_code == 200
     assert api.patch("/api/datasets/dl", json={"drop_columns": ["last pushed"]}).status_code == 200
+
+
+def test_row_ids_out_of_range_are_422(api):
+    assert api.post("/api/datasets", json={"name": "ids", "sample": {"id": 1}}).status_code == 201
+    for row_id in ("9223372036854775808", "0", "-5", "1e3"):
+        r = api.patch(f"/api/datasets/ids/rows/{row_id}", json={"id": 2})
+        assert r.status_code == 422 and "error" in r.json(), (row_id, r.text)
+    assert api.patch("/api/datasets/ids/rows/9223372036854775807", json={"id": 2}).status_code == 404

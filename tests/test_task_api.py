@@ -186,6 +186,7 @@ def test_crud(tapi: Api, third_party: ThirdParty) -> None:
         ({"name": "bad name"}, ["name"], "pattern"),
         ({"steps": []}, ["steps"], "at least 1"),
         ({"schedule": "every day"}, ["schedule"], "not a valid cron"),
+        ({"schedule": "0 0 31 2 *"}, ["schedule"], "never comes due"),
         ({"load": {"dataset": "rates", "rows": "{{ fetch.items }"}}, ["load", "rows"], "syntax"),
         ({"steps": [{"name": "a", "url": "http://x.example/{{ b.data }}"}, {"name": "b", "url": "http://x.example/"}]}, [], "runs later"),
         ({"steps": [{"name": "a", "url": "http://x.example/", "method": "FETCH"}]}, ["steps", "0", "method"], "GET"),
@@ -214,6 +215,10 @@ def test_bad_requests_and_keys(tapi: Api, store: Store) -> None:
     assert tapi.post("/api/tasks/t/run", json={"params": [1]}).json()["error"]["code"] == "invalid_params"
     assert tapi.post("/api/tasks/t/run", json={"parms": {}}).status_code == 422
     assert tapi.get("/api/tasks/t/runs?limit=0").status_code == 422
+    for run_id in ("9223372036854775808", "0", "-1", "x"):
+        r = tapi.get(f"/api/tasks/t/runs/{run_id}")
+        assert r.status_code == 422 and "error" in r.json(), (run_id, r.text)
+    assert tapi.patch("/api/tasks/t", json={"schedule": "0 0 30 2 *"}).status_code == 422
 
 
 def test_private_targets_refused_unless_allowed(store: Store, db_url: str) -> None:

@@ -113,7 +113,7 @@ def test_secrets_cannot_be_listed_printed_or_reached_through_internals() -> None
 def test_a_missing_secret_says_where_secrets_come_from() -> None:
     failure = fails("{{ secrets.NOPE }}", where="step 'login'", field="json.password")
     assert failure.kind == "undefined"
-    assert failure.message == "step 'login', json.password: secret 'NOPE' is not set (add it to the settings or set PUSHBASE_SECRET_NOPE)"
+    assert failure.message == "step 'login', json.password: secret 'NOPE' is not set (set the environment variable PUSHBASE_SECRET_NOPE for the process that runs the task)"
     assert isinstance(failure, Invalid)
 
 

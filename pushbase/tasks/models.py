@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..durations import parse_duration
@@ -257,6 +257,11 @@ class TaskSpec(_Model):
             return None
         if not croniter.is_valid(value):
             raise ValueError(f"schedule {value!r} is not a valid cron expression (e.g. '*/15 * * * *')")
+        try:
+            croniter(value).get_next(float)
+        except CroniterBadDateError:
+            # Valid syntax, but no such day ever comes ("0 0 31 2 *"): the task would never run.
+            raise ValueError(f"schedule {value!r} never comes due (no such date)") from None
         return value
 
     @model_validator(mode="after")

@@ -699,7 +699,7 @@ class Secrets:
             value = self._values[name]
             self._used[name] = value
             return value
-        return StrictUndefined(hint=f"secret {name!r} is not set (add it to the settings or set PUSHBASE_SECRET_{name})")
+        return StrictUndefined(hint=f"secret {name!r} is not set (set the environment variable PUSHBASE_SECRET_{name} for the process that runs the task)")
 
     def __contains__(self, name: Any) -> bool:
         return name in self._values

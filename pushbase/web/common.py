@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import Request
+from fastapi import Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -14,7 +14,10 @@ from ..keys import Principal, authenticate
 from ..settings import Settings
 from ..storage import Store
 
-__all__ = ["store_of", "settings_of", "principal", "read_body", "read_json", "JSONAnswer", "error_response", "threaded"]
+# A row or run id in a path: a positive 64-bit integer (anything else is a 422, never a database error).
+StoredId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+__all__ = ["StoredId", "store_of", "settings_of", "principal", "read_body", "read_json", "JSONAnswer", "error_response", "threaded"]
 
 
 class JSONAnswer(Response):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ... import dataset_rows, datasets, ingest
 from ...keys import Principal
-from ..common import JSONAnswer, principal, read_body, read_object, settings_of, store_of, threaded
+from ..common import JSONAnswer, StoredId, principal, read_body, read_object, settings_of, store_of, threaded
 
 router = APIRouter(tags=["datasets"])
 
@@ -82,14 +82,23 @@ async def delete_dataset(dataset: str, request: Request, cascade: bool = False, 
 
 async def _accept(request: Request, dataset: str, operation: str, who: Principal, wait: bool) -> JSONAnswer:
     who.require(f"ingest:{dataset}")
+    import time as _t, threading as _th
+    _t0 = _t.perf_counter()
     store = store_of(request)
     body = b"" if operation == "delete_all" else await read_body(request)
+    _t1 = _t.perf_counter()
     content_type = request.headers.get("content-type", "application/json")
 
     def work() -> str:
+        _t2 = _t.perf_counter()
         found = datasets.get_dataset(store, dataset)
         payload = ingest.prepare_payload(store, found, operation, body, content_type)
-        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        _t3 = _t.perf_counter()
+        j = ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        _t4 = _t.perf_counter()
+        with open("/tmp/ing/trace.log", "a") as f:
+            f.write(f"accept {_t0:.4f} read {_t1-_t0:.4f} hop {_t2-_t1:.4f} prep {_t3-_t2:.4f} acc {_t4-_t3:.4f} end {_t4:.4f}\n")
+        return j
 
     job_id = await threaded(work)
     if wait:
@@ -154,7 +163,7 @@ async def list_rows(dataset: str, request: Request, limit: int | None = None, af
 
 
 @router.patch("/api/datasets/{dataset}/rows/{row_id}", summary="Update fields of one row (e.g. a receipt id)")
-async def patch_row(dataset: str, row_id: int, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+async def patch_row(dataset: str, row_id: StoredId, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
     who.require(f"ingest:{dataset}")
     body = await read_object(request)
     return JSONAnswer(await threaded(dataset_rows.update_row, store_of(request), dataset, row_id, body))

@@ -7,7 +7,7 @@ from ...errors import Invalid
 from ...keys import Principal
 from ...tasks import store as tasks
 from ...tasks.service import run_now
-from ..common import JSONAnswer, principal, read_object, settings_of, store_of, threaded
+from ..common import JSONAnswer, StoredId, principal, read_object, settings_of, store_of, threaded
 
 router = APIRouter(tags=["tasks"])
 
@@ -71,6 +71,6 @@ async def list_runs(
 
 
 @router.get("/api/tasks/{task}/runs/{run_id}", summary="One run of the task")
-async def get_run(task: str, run_id: int, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
+async def get_run(task: str, run_id: StoredId, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
     who.require_admin()
     return JSONAnswer(await threaded(tasks.get_run, store_of(request), task, run_id))
