@@ -218,6 +218,7 @@ def test_qrvey_compatible_postdata_and_status(orders):
     job_id = r.json()["jobId"]
     wait_job(orders, "orders", job_id)
     doc = orders.get(f"/compat/qrvey/{job_id}/status").json()
+    assert orders.get(f"/compat/qrvey/postdata/{job_id}/status").json() == doc
     assert doc["statusJob"]["jobId"] == job_id and doc["statusJob"]["status"] == "Complete"
     assert doc["statusJob"]["approximatePercentComplete"] == 100 and isinstance(doc["statusJob"]["runtime"], int)
     stats = doc["jobCompletionStatistics"]

@@ -78,6 +78,8 @@ def _qrvey_status(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/compat/qrvey/{job_id}/status", summary="Qrvey job status shape")
+# Qrvey scripts build the status URL from their postdata URL: `{postdataUrl}/{jobId}/status`.
+@router.get("/compat/qrvey/postdata/{job_id}/status", summary="Qrvey job status shape, under the postdata URL")
 async def status(job_id: str, request: Request, who: Principal = Depends(principal)) -> JSONAnswer:
     doc = await threaded(ingest.job_status, store_of(request), job_id)
     if not who.allows(f"ingest:{doc['dataset']}"):
