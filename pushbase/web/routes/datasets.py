@@ -82,23 +82,14 @@ async def delete_dataset(dataset: str, request: Request, cascade: bool = False, 
 
 async def _accept(request: Request, dataset: str, operation: str, who: Principal, wait: bool) -> JSONAnswer:
     who.require(f"ingest:{dataset}")
-    import time as _t, threading as _th
-    _t0 = _t.perf_counter()
     store = store_of(request)
     body = b"" if operation == "delete_all" else await read_body(request)
-    _t1 = _t.perf_counter()
     content_type = request.headers.get("content-type", "application/json")
 
     def work() -> str:
-        _t2 = _t.perf_counter()
         found = datasets.get_dataset(store, dataset)
         payload = ingest.prepare_payload(store, found, operation, body, content_type)
-        _t3 = _t.perf_counter()
-        j = ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
-        _t4 = _t.perf_counter()
-        with open("/tmp/ing/trace.log", "a") as f:
-            f.write(f"accept {_t0:.4f} read {_t1-_t0:.4f} hop {_t2-_t1:.4f} prep {_t3-_t2:.4f} acc {_t4-_t3:.4f} end {_t4:.4f}\n")
-        return j
+        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
 
     job_id = await threaded(work)
     if wait:
