@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.receivers import Receiver
 from tests.test_push_support import delivered_ids, deliveries, eventually, make_push, orders, rows_of, setup_orders, stamped
@@ -103,6 +104,21 @@ def test_signature_verifies_with_standardwebhooks(api, receiver):
     assert request.headers["webhook-id"].startswith("msg_")
     assert api.get("/api/pushes/out").json()["secret_set"] is True
     assert SECRET not in api.get("/api/pushes/out").text
+
+
+@pytest.mark.parametrize("fmt", ["form", "ndjson"])
+def test_non_json_formats_verify_as_docs_show(api, receiver, fmt):
+    # docs/pushes.md's receiver: verify the raw body without parsing it, then decode by content type.
+    setup_orders(api)
+    make_push(api, receiver.url + "/hook", secret=SECRET, format=fmt)
+    api.load("orders", orders(1, 2))
+    assert receiver.wait_for(1, timeout=15)
+    request = receiver.requests[0]
+    Webhook(SECRET).verify(request.body, request.headers, json_parse=False)
+    tampered = request.body.replace(b"c1", b"c9")
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(tampered, request.headers, json_parse=False)
+    assert [r["order_id"] for r in rows_of(request)] == [1, 2]
 
 
 def test_custom_header_is_sent_but_never_shown_or_logged(api, receiver, caplog):
