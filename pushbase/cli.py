@@ -96,16 +96,10 @@ def keys_create(
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ) -> None:
     """Create a key; the key is printed alone on the last line of stdout."""
-    from .errors import PushbaseError
     from .keys import create_key
     from .storage import open_store
 
-    store = open_store(_settings(db).db)
-    try:
-        key, info = create_key(store, name, scope)
-    except PushbaseError as exc:
-        err.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from None
+    key, info = create_key(open_store(_settings(db).db), name, scope)
     print(f"created key #{info['id']} {name!r} with scopes {', '.join(info['scopes'])}")
     print(key)
 
@@ -145,8 +139,15 @@ def _register_optional_commands() -> None:
 
 
 def main() -> None:
+    from .errors import PushbaseError
+
     _register_optional_commands()
-    app(prog_name="pushbase")
+    try:
+        app(prog_name="pushbase")
+    except PushbaseError as exc:
+        # A user's mistake or an unreachable database: one line, no traceback.
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

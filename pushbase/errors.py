@@ -9,7 +9,8 @@
     ├── Conflict                  409  the name exists, or the object is in use
     ├── TooLarge                  413  the body is over the configured limit
     ├── Unsupported               415  a content type we do not read
-    └── TargetRefused             422  a URL to a private/loopback address while those are not allowed
+    ├── TargetRefused             422  a URL to a private/loopback address while those are not allowed
+    └── DatabaseUnavailable       503  the database cannot be opened or reached
 
 Each error carries a stable ``code`` (a word clients can match on), a human message and optional
 ``details`` (any JSON value: per-row errors, the closest field name, a position in a formula).
@@ -28,6 +29,7 @@ __all__ = [
     "Conflict",
     "TooLarge",
     "Unsupported",
+    "DatabaseUnavailable",
     "TargetRefused",
 ]
 
@@ -92,3 +94,8 @@ class Unsupported(PushbaseError):
 
 class TargetRefused(Invalid):
     code = "target_refused"
+
+
+class DatabaseUnavailable(PushbaseError):
+    status_code = 503
+    code = "database_unavailable"

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from . import codecs, schema
+from ..errors import DatabaseUnavailable
 
 __all__ = ["Store", "open_store", "DatasetColumns", "schema", "codecs"]
 
@@ -238,7 +239,9 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
     path = _sqlite_path(url)
     if path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        # A typo in --db must not leave a new, empty database somewhere: the folder has to exist.
+        if not os.path.isdir(directory):
+            raise DatabaseUnavailable(f"cannot open the SQLite database {path}: the folder {directory} does not exist")
     sa_url = f"sqlite:///{path}"
 
     def make(pool_size: int, begin: str, cache_kib: int) -> sa.Engine:
@@ -288,7 +291,17 @@ def resolve_db(target: str | None) -> str:
 
 
 def open_store(target: str | None = None, *, upgrade: bool = True) -> Store:
-    store = Store(resolve_db(target))
+    url = resolve_db(target)
+    store = Store(url)
     if upgrade:
-        store.upgrade()
+        try:
+            store.upgrade()
+        except sa.exc.OperationalError as exc:
+            store.close()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseUnavailable(f"cannot open the database {_without_password(url)}: {reason}") from None
     return store
+
+
+def _without_password(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
