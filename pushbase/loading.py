@@ -392,6 +392,13 @@ def _existing(store: Store, conn: sa.Connection, dataset: Dataset, keys: Sequenc
     select = f'SELECT _id, {", ".join(c.col for c in dataset.columns)} FROM "ds_{dataset.id}"'
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     found: dict[Any, tuple[Any, ...]] = {}
+    if len(uid_cols) == 1 and keys:
+        # Appends usually carry new, increasing ids: when no stored row falls between the payload's
+        # smallest and largest key (one index probe), none of its keys can exist.
+        mark = "?" if store.dialect == "sqlite" else "%s"
+        cursor.execute(f'SELECT 1 FROM "ds_{dataset.id}" WHERE {uid_cols[0]} BETWEEN {mark} AND {mark} LIMIT 1', (min(keys), max(keys)))
+        if cursor.fetchone() is None:
+            return found
     if len(uid_cols) == 1 and store.dialect == "sqlite":
         # One parameter whatever the batch size: the keys as a JSON array, unpacked by json_each.
         for chunk in _chunks(keys, 20000):

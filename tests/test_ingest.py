@@ -308,3 +308,14 @@ def test_a_completed_job_drops_its_body_in_its_final_commit(store):
         # Freed body pages are reused, not zeroed page by page (secure_delete=FAST is 2).
         with store.write() as conn:
             assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2
+
+
+def test_upsert_finds_existing_rows_inside_and_outside_the_payload_key_range(orders):
+    orders.load("orders", [{"order_id": 10, "customer": "a"}, {"order_id": 30, "customer": "c"}])
+    # 20 falls between stored keys without existing; 30 exists; 40 is beyond every stored key.
+    doc = orders.load("orders", [{"order_id": 20, "customer": "b"}, {"order_id": 30, "customer": "C"}, {"order_id": 40}])
+    assert (doc["rows_inserted"], doc["rows_updated"], doc["rows_unchanged"]) == (2, 1, 0), doc
+    doc = orders.load("orders", [{"order_id": 50}, {"order_id": 60}])
+    assert (doc["rows_inserted"], doc["rows_updated"]) == (2, 0), doc
+    rows = {r["order_id"]: r["customer"] for r in orders.all_rows("/api/datasets/orders/rows")}
+    assert rows == {10: "a", 20: "b", 30: "C", 40: None, 50: None, 60: None}
