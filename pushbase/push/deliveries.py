@@ -87,7 +87,13 @@ _PROBE_ROWS = 2000
 # running it on SQLite. Parameters are bound by name at each execution.
 _P = sa.bindparam
 _VIEW_OF_PUSH = sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == _P("view_id"))
-_PUSH_ROW = sa.select(pushes_table).where(pushes_table.c.id == _P("push_id"))
+_PENDING_ID = (
+    sa.select(sa.func.min(deliveries_table.c.id))
+    .where(deliveries_table.c.push_id == pushes_table.c.id, deliveries_table.c.status == "pending")
+    .scalar_subquery()
+)
+# The push, and its oldest pending delivery's id (usually none) in the same read.
+_PUSH_ROW = sa.select(pushes_table, _PENDING_ID.label("pb_pending_id")).where(pushes_table.c.id == _P("push_id"))
 _PUSH_ROW_LOCKED = _PUSH_ROW.with_for_update(skip_locked=True)
 _PUSH_EXISTS = sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id"))
 _FIRST_PENDING = (
@@ -99,14 +105,21 @@ _FIRST_PENDING = (
 _INSERT_DELIVERIES = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
 _LEASE = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
 _LEASE_AND_RUN = _LEASE.values(last_run_at=_P("run_at"))
-_STATE = sa.select(
-    pushes_table.c.enabled,
-    pushes_table.c.consecutive_failures,
-    pushes_table.c.calls_day,
-    pushes_table.c.calls_today,
-    pushes_table.c.lease_owner,
-).where(pushes_table.c.id == _P("push_id"))
-_DELIVERY_STATE = sa.select(deliveries_table.c.status, deliveries_table.c.attempts).where(deliveries_table.c.id == _P("delivery_id"))
+# What ``record`` needs to know: the push's counters and lease holder, and the delivery's state.
+_STATE = (
+    sa.select(
+        pushes_table.c.enabled,
+        pushes_table.c.consecutive_failures,
+        pushes_table.c.calls_day,
+        pushes_table.c.calls_today,
+        pushes_table.c.lease_owner,
+        deliveries_table.c.status,
+        deliveries_table.c.attempts,
+    )
+    .select_from(pushes_table.join(deliveries_table, deliveries_table.c.push_id == pushes_table.c.id))
+    .where(pushes_table.c.id == _P("push_id"), deliveries_table.c.id == _P("delivery_id"))
+)
+_DELIVERY_BY_ID = sa.select(deliveries_table).where(deliveries_table.c.id == _P("delivery_id"))
 _DELIVERED = (
     deliveries_table.update()
     .where(deliveries_table.c.id == _P("delivery_id"))
@@ -291,7 +304,7 @@ def claim(
         if held:
             return row.lease_expires_at  # type: ignore[no-any-return]
         push, target = targets.load(store, conn, row)
-        first = _first_pending(conn, push_id)
+        first = None if row.pb_pending_id is None else _delivery(conn.execute(_DELIVERY_BY_ID, {"delivery_id": row.pb_pending_id}).first())
         if not manual:
             due = next_allowed_at(push, now, pending=first is not None)
             if due is not None:
@@ -441,7 +454,10 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
 
 
 def _first_pending(conn: sa.Connection, push_id: int) -> Delivery | None:
-    row = conn.execute(_FIRST_PENDING, {"push_id": push_id}).first()
+    return _delivery(conn.execute(_FIRST_PENDING, {"push_id": push_id}).first())
+
+
+def _delivery(row: Any) -> Delivery | None:
     if row is None:
         return None
     return Delivery(row.id, row.push_id, row.webhook_id, row.row_count, row.row_keys, bytes(row.body), row.content_type, list(row.attempts or []))
@@ -498,10 +514,9 @@ def record(
     """
     now = utc_now()
     with store.write() as conn:
-        current = conn.execute(_STATE, {"push_id": push.id}).first()
-        row = conn.execute(_DELIVERY_STATE, {"delivery_id": delivery.id}).first()
-        if current is None or row is None:
-            return Recorded("gone")
+        current = row = conn.execute(_STATE, {"push_id": push.id, "delivery_id": delivery.id}).first()
+        if current is None:
+            return Recorded("gone")  # the push, or this delivery of it, was deleted
         if row.status != "pending":
             # Another worker finished it (our lease had expired): leave its result alone.
             return Recorded(row.status)
