@@ -3,6 +3,11 @@
     receiver.py serve --port P          a fast aiohttp endpoint that records what pushes deliver
     receiver.py replay --url U --file F --concurrency N
                                         the bare loop: POST recorded bodies, one task per path, in order
+    receiver.py arrive --api A --key K --prefix P --total N --datasets D [--forward R]
+                                        rows arriving: POST 100-row loads to Pushbase (?wait=true, 4 at
+                                        a time, round robin over the datasets); with --forward, also
+                                        POST each load's rows to R/<dataset> once its job is Complete
+                                        (the bare loop facing the same arrival as the pushes)
 
 The receiver answers 200 to every POST, counts calls and rows, and remembers each row's arrival time
 (``time.time()``, the same clock the server's job status uses on this host) and each call's body so
@@ -100,6 +105,45 @@ async def replay(url: str, path: str, concurrency: int) -> None:
     print(json.dumps({"calls": calls, "seconds": elapsed}))
 
 
+def load_rows(prefix: str, total: int, datasets: int, rows_per_load: int) -> list[tuple[str, list[dict]]]:
+    out = []
+    for k, start in enumerate(range(0, total, rows_per_load)):
+        rows = [{"id": i, "name": f"row {i}", "amount": i * 0.5} for i in range(start, min(start + rows_per_load, total))]
+        out.append((f"{prefix}{k % datasets:02d}", rows))
+    return out
+
+
+async def arrive(api: str, key: str, prefix: str, total: int, datasets: int, rows_per_load: int, concurrency: int, forward: str | None) -> None:
+    items = load_rows(prefix, total, datasets, rows_per_load)
+    bodies = [(name, json.dumps(rows).encode()) for name, rows in items]
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in bodies:
+        queue.put_nowait(item)
+    headers = {"content-type": "application/json", "x-api-key": key}
+    forwards: list[asyncio.Task] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        async def send_on(name: str, body: bytes) -> None:
+            async with session.post(f"{forward}/{name}?keep=0", data=body, headers={"content-type": "application/json"}) as r:
+                await r.read()
+                assert r.status == 200
+
+        async def worker() -> None:
+            while not queue.empty():
+                name, body = queue.get_nowait()
+                async with session.post(f"{api}/api/datasets/{name}/data?wait=true", data=body, headers=headers) as r:
+                    doc = await r.json()
+                    if r.status != 200 or doc.get("status") != "Complete":
+                        raise RuntimeError(f"load -> {r.status}: {str(doc)[:300]}")
+                if forward:
+                    forwards.append(asyncio.get_running_loop().create_task(send_on(name, body)))
+
+        started = time.time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        loaded = time.time()
+        await asyncio.gather(*forwards)
+    print(json.dumps({"started": started, "loaded": loaded, "loads": len(bodies)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -109,9 +153,20 @@ def main() -> None:
     r.add_argument("--url", required=True)
     r.add_argument("--file", required=True)
     r.add_argument("--concurrency", type=int, default=20)
+    a = sub.add_parser("arrive")
+    a.add_argument("--api", required=True)
+    a.add_argument("--key", required=True)
+    a.add_argument("--prefix", required=True)
+    a.add_argument("--total", type=int, required=True)
+    a.add_argument("--datasets", type=int, required=True)
+    a.add_argument("--rows-per-load", type=int, default=100)
+    a.add_argument("--concurrency", type=int, default=4)
+    a.add_argument("--forward")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.port)
+    elif args.cmd == "arrive":
+        asyncio.run(arrive(args.api, args.key, args.prefix, args.total, args.datasets, args.rows_per_load, args.concurrency, args.forward))
     else:
         asyncio.run(replay(args.url, args.file, args.concurrency))
 
