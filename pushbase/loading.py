@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Iterable, Sequence
 import msgspec
 import orjson
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 
 from .columns import flatten_row, modification_time, validator_for
 from .datasets import Dataset
@@ -485,9 +486,25 @@ def _insert(store: Store, conn: sa.Connection, dataset: Dataset, columns: Sequen
         if full < count:
             cursor.executemany(sql + one, zip(*[c[full:] for c in columns]))
         return
-    with raw.cursor().copy(f'COPY "ds_{dataset.id}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
-        for row in zip(*columns) if columns else [()] * count:
-            copy.write_row((now, now, *row))
+    # Binary COPY with the types named up front: psycopg then needs no per-value dumper lookup, and
+    # PostgreSQL no text parsing (about a seventh of the CPU of a text COPY). jsonb values are our JSON
+    # text, wrapped so that they are sent as they are rather than encoded again as a JSON string.
+    values = [
+        [None if v is None else Jsonb(v, dumps=_as_is) for v in column] if c.type == "json" else column
+        for c, column in zip(dataset.columns, columns)
+    ]
+    with raw.cursor().copy(f'COPY "ds_{dataset.id}" ({names}) FROM STDIN (FORMAT BINARY)') as copy:  # type: ignore[union-attr]
+        copy.set_types(["timestamptz", "timestamptz", *[_PG_COPY_TYPES[c.type] for c in dataset.columns]])
+        write = copy.write_row
+        for row in zip(itertools.repeat(now, count), itertools.repeat(now, count), *values):
+            write(row)
+
+
+_PG_COPY_TYPES = {"string": "text", "integer": "int8", "number": "float8", "boolean": "bool", "date": "date", "datetime": "timestamptz", "json": "jsonb"}
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def delete_keys(store: Store, conn: sa.Connection, dataset: Dataset, keys: list[tuple[Any, ...]]) -> int:
