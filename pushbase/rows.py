@@ -1,4 +1,5 @@
-"""Rows as clients see them: objects keyed by field name plus ``_id``, and cursor paging.
+"""Rows as clients see them: objects keyed by field name plus ``_id``, cursor paging, and the
+encodings of the pull API (JSON objects, NDJSON lines, CSV lines).
 
 One decoder and one cursor format serve dataset rows and view rows alike ("same paging as views").
 A cursor is opaque to clients: URL-safe base64 of a JSON list of the last row's sort values.
@@ -6,14 +7,19 @@ A cursor is opaque to clients: URL-safe base64 of a JSON list of the last row's 
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Sequence
+import csv
+import io
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
 from .errors import BadRequest
 from .storage import codecs
 
-__all__ = ["encode_cursor", "decode_cursor", "RowDecoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit"]
+__all__ = [
+    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text",
+]
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10000
@@ -60,3 +66,92 @@ class RowDecoder:
             if value is not None:
                 out[name] = decode(value)
         return out
+
+
+def csv_value(value: Any) -> Any:
+    """A decoded value as a CSV field: empty for null, ``true``/``false``, json values as JSON text."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+_NUMBERS = frozenset({int, float})  # str() of these never needs quoting
+_NUMBERS_OR_NULL = frozenset({int, float, type(None)})
+_TEXT = frozenset({str})
+_TEXT_OR_NULL = frozenset({str, type(None)})
+
+
+def _csv_field(value: Any) -> str:
+    text = "" if value is None else value if type(value) is str else str(value)
+    if _CSV_SPECIAL.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    """``rows`` (all of one width) exactly as ``csv.writer`` writes them (excel dialect: ``,`` and ``"``,
+    minimal quoting, ``\\r\\n``), but a column at a time: a column of numbers, or of text that needs no
+    quoting, is joined as it is, without a Python call per value. About three times faster."""
+    if not rows:
+        return ""
+    if len(rows[0]) < 2:  # csv.writer quotes a lone empty field: leave that corner to it
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(rows)
+        return buffer.getvalue()
+    columns: list[Iterable[str]] = []
+    for column in zip(*rows):
+        kinds = set(map(type, column))
+        if kinds <= _NUMBERS:
+            columns.append(map(str, column))
+        elif kinds <= _NUMBERS_OR_NULL:
+            columns.append(["" if v is None else str(v) for v in column])
+        elif kinds <= _TEXT_OR_NULL and _CSV_SPECIAL.search("".join(filter(None, column))) is None:
+            columns.append(column if kinds <= _TEXT else ["" if v is None else v for v in column])
+        else:
+            columns.append(map(_csv_field, column))
+    return "\r\n".join(map(",".join, zip(*columns))) + "\r\n"
+
+
+class RowEncoder:
+    """Result tuples ``(_id, v1, v2 ...)`` as the pull API writes them: JSON objects, NDJSON lines or
+    CSV lines. The query converts what it can in SQL (``codecs.output_sql``); ``convert`` lists the
+    fields still to convert here, as (position in the tuple, function from a non-null value)."""
+
+    def __init__(self, names: Sequence[str], convert: Sequence[tuple[int, Callable[[Any], Any]]] = ()) -> None:
+        self.names = list(names)
+        self.convert = list(convert)
+
+    def objects(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        names = self.names
+        out = [dict(zip(names, row)) for row in rows]
+        for index, fn in self.convert:
+            name = names[index]
+            for obj in out:
+                value = obj[name]
+                if value is not None:
+                    obj[name] = fn(value)
+        return out
+
+    def ndjson(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        return b"".join([dumps(obj, option=newline) for obj in self.objects(rows)])
+
+    def csv_header(self) -> bytes:
+        return csv_text([self.names]).encode()
+
+    def csv(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        if self.convert:
+            lists = [list(row) for row in rows]
+            for index, fn in self.convert:
+                for row in lists:
+                    value = row[index]
+                    row[index] = "" if value is None else csv_value(fn(value))
+            rows = lists
+        return csv_text(rows).encode()

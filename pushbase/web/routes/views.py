@@ -1,13 +1,11 @@
 """/api/views: saved views and the pull API (JSON pages, NDJSON and CSV streams)."""
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Iterator
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ...errors import Invalid
 from ...keys import Principal
@@ -51,38 +49,20 @@ async def delete_view(view: str, request: Request, cascade: bool = False, who: P
     return JSONAnswer({"deleted": view})
 
 
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return value
-
-
 def _stream(request: Request, view_name: str, fmt: str) -> Iterator[bytes]:
     """Generator run in a thread by Starlette: holds one read transaction, yields batches of encoded rows."""
     store = store_of(request)
     with store.read() as conn:
         view = views.get_view(store, view_name, conn)
         query = views.view_query(store, view, conn)
-        header = ["_id", *[f.name for f in query.output]]
+        encoder = query.encoder("csv" if fmt == "csv" else "json")
         if fmt == "csv":
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(header)
-            yield buffer.getvalue().encode()
-        for batch in query.stream(conn):
-            if fmt == "ndjson":
-                yield b"".join(orjson.dumps(row) + b"\n" for row in batch)
-            else:
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                writer.writerows([[_csv_value(v) for v in row.values()] for row in batch])
-                yield buffer.getvalue().encode()
+            yield encoder.csv_header()
+            for rows in query.output_rows(conn, "csv"):
+                yield encoder.csv(rows)
+        else:
+            for rows in query.output_rows(conn, "json"):
+                yield encoder.ndjson(rows)
 
 
 @router.get("/api/views/{view}/rows", summary="Pull a view: format=json (pages), ndjson or csv (streams)")
@@ -98,12 +78,15 @@ async def view_rows(
     store = store_of(request)
     if format == "json":
 
-        def page() -> dict[str, Any]:
+        def page() -> bytes:
             with store.read() as conn:
                 found = views.get_view(store, view, conn)
-                return views.view_query(store, found, conn).page(conn, limit=limit, after=after)
+                query = views.view_query(store, found, conn)
+                rows, nxt = query.page_rows(conn, limit=limit, after=after)
+            # Encoded here, in the worker thread, not on the event loop.
+            return orjson.dumps({"rows": query.encoder("json").objects(rows), "next": nxt})
 
-        return JSONAnswer(await threaded(page))
+        return Response(await threaded(page), media_type="application/json")
     if after is not None:
         raise Invalid("ndjson and csv stream every row; 'after' is for format=json pages", code="invalid_request")
     # Check the view exists before the stream starts, so an error is still a proper 404.

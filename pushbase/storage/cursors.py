@@ -1,0 +1,92 @@
+"""A SELECT's rows as the driver's plain tuples, for the hot read paths (the pull API, view streams).
+
+SQLAlchemy still builds, caches and binds the statement (bound parameters such as ``now()`` are
+computed at execution), but the rows come straight from the DBAPI cursor, in batches, without a
+``Row`` object and a result processor per row: that alone costs about as much as the rest of a pull.
+Only use it for statements whose columns need no SQLAlchemy result processing (the dataset types of
+``codecs`` need none: the drivers return their values as they are).
+
+- ``fetch_all``: a bounded result (a page).
+- ``stream``: every row in batches, in constant memory. SQLite steps its cursor as it is read;
+  PostgreSQL reads through a server-side cursor (``DECLARE ... NO SCROLL CURSOR`` / ``FETCH FORWARD n``),
+  since a client-side cursor would first pull the whole result into memory, planned for reading all
+  of it (``cursor_tuple_fraction = 1``).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
+
+__all__ = ["fetch_all", "stream"]
+
+_names = itertools.count(1)
+
+
+def fetch_all(conn: sa.Connection, select: sa.Select) -> list[tuple[Any, ...]]:
+    """Every row of a bounded ``select`` as DBAPI tuples."""
+    # No stream_results here: with it SQLAlchemy pre-fetches a row into its own buffer.
+    result = conn.execute(select, execution_options={"stream_results": False})
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+def stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``select`` in lists of up to ``batch`` DBAPI tuples; never more than a batch in memory."""
+    if conn.dialect.name == "postgresql":
+        yield from _pg_stream(conn, select, batch)
+        return
+    result = conn.execute(select, execution_options={"stream_results": False})
+    try:
+        cursor = result.cursor
+        while rows := cursor.fetchmany(batch):
+            yield rows
+    finally:
+        result.close()
+
+
+class _DeclareCursor(Executable, ClauseElement):
+    """``DECLARE name NO SCROLL CURSOR FOR <select>``, compiled and bound by SQLAlchemy."""
+
+    inherit_cache = False  # a stream runs one statement for thousands of rows: nothing to gain
+
+    def __init__(self, name: str, select: sa.Select) -> None:
+        self.name = name
+        self.select = select
+
+
+@compiles(_DeclareCursor)
+def _compile_declare(element: _DeclareCursor, compiler: Any, **kw: Any) -> str:
+    return f"DECLARE {element.name} NO SCROLL CURSOR FOR " + compiler.process(element.select, **kw)
+
+
+def _pg_stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[tuple[Any, ...]]]:
+    name = f"pushbase_stream_{next(_names)}"  # our own name: no user text in it
+    # Every row will be read: plan for the whole result, not for the first 10% of it (the default for
+    # cursors), which picks a walk of the primary key past every row a selective filter rejects.
+    conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+    conn.execute(_DeclareCursor(name, select))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    fetch = f"FETCH FORWARD {int(batch)} FROM {name}"
+    try:
+        while True:
+            cursor.execute(fetch)
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            yield rows
+            if len(rows) < batch:
+                break
+    finally:
+        try:
+            cursor.execute(f"CLOSE {name}")
+        except Exception:  # noqa: BLE001 - the transaction failed; ending it closes the cursor anyway
+            pass
+        cursor.close()
