@@ -158,12 +158,15 @@ def test_pages_and_streams_keep_one_order_over_ties(typed: Api) -> None:
     assert rows[-1]["b"] is None and rows[-1]["s"] is None
 
 
-def test_streams_cross_many_fetches(typed: Api, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streams_and_pages_cross_many_fetches(typed: Api, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 2 rows: every row arrives once, whichever batch boundary it falls on."""
     monkeypatch.setattr(query_module, "STREAM_BATCH", 2)
+    monkeypatch.setattr(query_module, "PAGE_BATCH", 2)
     for name in VIEWS:
         want_rows, want_ndjson, want_csv = reference(store, name)
-        _, ndjson, csv_bytes = pulled(typed, name)
+        for limit in (1, 2, 3, 4, 5):
+            rows, ndjson, csv_bytes = pulled(typed, name, limit)
+            assert orjson.dumps(rows) == orjson.dumps(want_rows)
         assert ndjson == want_ndjson and csv_bytes == want_csv
         with store.read() as conn:
             query = views.view_query(store, views.get_view(store, name, conn), conn)

@@ -6,16 +6,16 @@ computed at execution), but the rows come straight from the DBAPI cursor, in bat
 Only use it for statements whose columns need no SQLAlchemy result processing (the dataset types of
 ``codecs`` need none: the drivers return their values as they are).
 
-- ``fetch_all``: a bounded result (a page).
 - ``stream``: every row in batches, in constant memory. SQLite steps its cursor as it is read;
   PostgreSQL reads through a server-side cursor (``DECLARE ... NO SCROLL CURSOR`` / ``FETCH FORWARD n``),
   since a client-side cursor would first pull the whole result into memory, planned for reading all
-  of it (``cursor_tuple_fraction = 1``).
+  of it (``cursor_tuple_fraction = 1``), one batch ahead of the caller.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,19 +23,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["fetch_all", "stream"]
+__all__ = ["stream"]
 
 _names = itertools.count(1)
-
-
-def fetch_all(conn: sa.Connection, select: sa.Select) -> list[tuple[Any, ...]]:
-    """Every row of a bounded ``select`` as DBAPI tuples."""
-    # No stream_results here: with it SQLAlchemy pre-fetches a row into its own buffer.
-    result = conn.execute(select, execution_options={"stream_results": False})
-    try:
-        return list(result.cursor.fetchall())
-    finally:
-        result.close()
 
 
 def stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -43,6 +33,7 @@ def stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[
     if conn.dialect.name == "postgresql":
         yield from _pg_stream(conn, select, batch)
         return
+    # No stream_results here: with it SQLAlchemy pre-fetches a row into a buffer of its own.
     result = conn.execute(select, execution_options={"stream_results": False})
     try:
         cursor = result.cursor
@@ -75,16 +66,26 @@ def _pg_stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[l
     conn.execute(_DeclareCursor(name, select))
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     fetch = f"FETCH FORWARD {int(batch)} FROM {name}"
+
+    def next_batch() -> list[tuple[Any, ...]]:
+        cursor.execute(fetch)
+        return cursor.fetchall()
+
+    # One batch ahead: PostgreSQL reads the next batch (and the driver waits for it without holding
+    # the GIL) while the caller encodes this one. The connection is only ever used by one thread at
+    # a time: the caller does not touch it until the stream is over.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pushbase-fetch")
+    pending: Future[list[tuple[Any, ...]]] | None = ahead.submit(next_batch)
     try:
-        while True:
-            cursor.execute(fetch)
-            rows = cursor.fetchall()
-            if not rows:
-                break
-            yield rows
-            if len(rows) < batch:
-                break
+        while pending is not None:
+            rows = pending.result()
+            pending = ahead.submit(next_batch) if len(rows) == batch else None
+            if rows:
+                yield rows
     finally:
+        if pending is not None:
+            wait([pending])  # the caller stopped early: let the fetch in flight finish first
+        ahead.shutdown()
         try:
             cursor.execute(f"CLOSE {name}")
         except Exception:  # noqa: BLE001 - the transaction failed; ending it closes the cursor anyway

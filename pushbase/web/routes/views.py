@@ -81,10 +81,9 @@ async def view_rows(
         def page() -> bytes:
             with store.read() as conn:
                 found = views.get_view(store, view, conn)
-                query = views.view_query(store, found, conn)
-                rows, nxt = query.page_rows(conn, limit=limit, after=after)
+                page = views.view_query(store, found, conn).page(conn, limit=limit, after=after)
             # Encoded here, in the worker thread, not on the event loop.
-            return orjson.dumps({"rows": query.encoder("json").objects(rows), "next": nxt})
+            return orjson.dumps(page)
 
         return Response(await threaded(page), media_type="application/json")
     if after is not None:
