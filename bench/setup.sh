@@ -3,7 +3,7 @@
 # they never touch the product's dependencies.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
-PEER_REQS=(datasette==1.0a41 sqlite-utils httpx psutil "psycopg[binary]" orjson)
+PEER_REQS=(datasette==1.0a41 sqlite-utils httpx psutil "psycopg[binary]" orjson msgspec)
 
 # Install (again) when the venv is missing or the product no longer imports in it (a dependency added).
 if [ ! -x "$ROOT/.venv/bin/pushbase" ] || ! "$ROOT/.venv/bin/python" -c "import pushbase.web.app, pushbase.worker" >/dev/null 2>&1; then
