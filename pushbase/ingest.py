@@ -119,6 +119,7 @@ def prepare_payload(store: Store, dataset: Dataset, operation: str, body: bytes,
         except Exception:  # noqa: BLE001 - not JSON after all: the general parser words the 400
             checked = None
         if checked is not None:
+            loading.prepare_insert(store, checked)
             return Prepared(checked.count, checked=checked, dataset=dataset)
     items = parse_payload(body, content_type, operation=operation)
     return check_items(store, dataset, operation, items)
@@ -130,6 +131,7 @@ def check_items(store: Store, dataset: Dataset, operation: str, items: list[Any]
     try:
         if operation == "load":
             prepared.checked = loading.check_rows(store, dataset, items)
+            loading.prepare_insert(store, prepared.checked)
         elif operation == "delete":
             prepared.keys = loading.check_keys(store, dataset, items)
     except JobFailed as failed:

@@ -70,6 +70,9 @@ class Checked:
 
     columns: list[Sequence[Any]]
     count: int
+    # SQLite: every row's parameters already grouped for multi-row INSERTs (``group_rows``), built by
+    # the request thread so the worker does less inside the write lock. Used when all rows are new.
+    groups: list[tuple[Any, ...]] | None = None
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
@@ -448,7 +451,7 @@ def write_rows(store: Store, conn: sa.Connection, dataset: Dataset, checked: Che
             insert_columns = list(zip(*inserts)) if inserts else []
             inserted = len(inserts)
     if inserted:
-        _insert(store, conn, dataset, insert_columns, inserted, now)
+        _insert(store, conn, dataset, insert_columns, inserted, now, checked.groups if insert_columns is checked.columns else None)
     if updates:
         assignments = ", ".join(f"{c.col} = {_placeholder(store, c.type)}" for c in dataset.columns)
         mark = "?" if store.dialect == "sqlite" else "%s"
@@ -460,8 +463,30 @@ def write_rows(store: Store, conn: sa.Connection, dataset: Dataset, checked: Che
     return counts
 
 
-def _insert(store: Store, conn: sa.Connection, dataset: Dataset, columns: Sequence[Sequence[Any]], count: int, now: Any) -> None:
-    """Insert ``count`` rows given column by column."""
+def _rows_per_insert(columns: int) -> int:
+    return max(1, min(_ROWS_PER_INSERT, _MAX_PARAMS // max(1, columns)))
+
+
+def group_rows(columns: Sequence[Sequence[Any]], count: int) -> list[tuple[Any, ...]]:
+    """The parameters of the rows that fill whole multi-row INSERTs, one flat tuple per statement,
+    interleaved straight from the column slices (zip reuses its tuple: no tuple per row)."""
+    per = _rows_per_insert(len(columns))
+    if not columns or per < 2:
+        return []
+    flat = itertools.chain.from_iterable
+    return [tuple(flat(zip(*[c[i:i + per] for c in columns]))) for i in range(0, count // per * per, per)]
+
+
+def prepare_insert(store: Store, checked: Checked) -> None:
+    """Do what can be done of the write before the write lock is taken (SQLite: group the rows)."""
+    if store.dialect == "sqlite" and checked.columns:
+        checked.groups = group_rows(checked.columns, checked.count)
+
+
+def _insert(
+    store: Store, conn: sa.Connection, dataset: Dataset, columns: Sequence[Sequence[Any]], count: int, now: Any, groups: list[tuple[Any, ...]] | None = None
+) -> None:
+    """Insert ``count`` rows given column by column (``groups``: those rows already grouped)."""
     names = ", ".join(["_created", "_modified", *[c.col for c in dataset.columns]])
     raw = conn.connection.dbapi_connection
     if store.dialect == "sqlite":
@@ -475,14 +500,12 @@ def _insert(store: Store, conn: sa.Connection, dataset: Dataset, columns: Sequen
         if not columns:  # a dataset without columns of its own
             cursor.executemany(sql + one, [()] * count)
             return
-        per = max(1, min(_ROWS_PER_INSERT, _MAX_PARAMS // len(columns)))
-        full = count // per * per
-        flat = itertools.chain.from_iterable
-        if full and per > 1:
-            # Each group's parameters interleaved straight from the column slices (zip reuses its tuple).
-            cursor.executemany(sql + ", ".join([one] * per), [tuple(flat(zip(*[c[i:i + per] for c in columns]))) for i in range(0, full, per)])
-        else:
-            full = 0
+        per = _rows_per_insert(len(columns))
+        if groups is None:
+            groups = group_rows(columns, count)
+        full = len(groups) * per
+        if groups:
+            cursor.executemany(sql + ", ".join([one] * per), groups)
         if full < count:
             cursor.executemany(sql + one, zip(*[c[full:] for c in columns]))
         return
