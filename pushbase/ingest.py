@@ -262,11 +262,13 @@ def _status_doc(row: Any, status: str | None = None) -> dict[str, Any]:
 
 
 _STATUS_COLUMNS = [c for c in jobs_table.c if c.name != "body"]
+# Clients poll this: one statement, compiled once.
+_STATUS_QUERY = sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == sa.bindparam("job_id"))
 
 
 def job_status(store: Store, job_id: str, dataset_name: str | None = None) -> dict[str, Any]:
     with store.read() as conn:
-        row = conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == job_id)).first()
+        row = conn.execute(_STATUS_QUERY, {"job_id": job_id}).first()
     if row is None or (dataset_name is not None and row.dataset_name != dataset_name):
         raise NotFound(f"job {job_id!r} does not exist" + (f" for dataset {dataset_name!r}" if dataset_name else ""), details={"jobId": job_id})
     # A handed-off job is validated, claimed and loaded in one transaction, so its committed status
@@ -332,7 +334,7 @@ def _claim(conn: sa.Connection, row: Any, owner: str) -> Any:
         .where(jobs_table.c.id == row.id)
         .values(status="Validating", lease_owner=owner, lease_expires_at=now + LEASE, attempts=row.attempts + 1, started_at=now)
     )
-    return conn.execute(sa.select(*_STATUS_COLUMNS).where(jobs_table.c.id == row.id)).first()
+    return conn.execute(_STATUS_QUERY, {"job_id": row.id}).first()
 
 
 def claim_job(store: Store, owner: str, job_id: str | None = None) -> Any | None:
