@@ -1,10 +1,13 @@
 """Ingest jobs: the Qrvey-style Push API's load, delete and delete-all requests.
 
-A request is parsed (malformed input is a 400 at once), stored as a job row with its body and
-committed — only then is it answered 202, so an accepted job survives a crash. A worker claims the
-job, validates every row (``Validating``), then loads it in one transaction (``Loading``) that also
-records ``Complete``: a job is all-or-nothing. A job found half-way after a crash (its lease expired)
-is simply run again: its transaction never committed.
+A request is parsed and checked at once (malformed input is a 400; a payload that breaks a rule is
+recorded ``ErrorExit`` with its errors), stored as a job row with its body and committed — only then
+is it answered 202, so an accepted job survives a crash. The checked payload is handed to this
+process's worker in memory, which claims the job, loads it and records ``Complete`` (dropping the
+body) in one transaction: a job is all-or-nothing. A job without a handed-off payload (after a
+restart, or accepted by another process) is claimed (``Validating``), its stored body read and
+checked, then loaded in one transaction (``Loading``). A job found half-way after a crash is simply
+run again: its load transaction never committed.
 
 Rules (docs/push-api.md): a row that does not match the dataset's types, misses a unique-id value,
 repeats a unique id given earlier in the same payload, or carries a field the dataset does not have
