@@ -319,3 +319,13 @@ def test_upsert_finds_existing_rows_inside_and_outside_the_payload_key_range(ord
     assert (doc["rows_inserted"], doc["rows_updated"]) == (2, 0), doc
     rows = {r["order_id"]: r["customer"] for r in orders.all_rows("/api/datasets/orders/rows")}
     assert rows == {10: "a", 20: "b", 30: "C", 40: None, 50: None, 60: None}
+
+
+def test_postgresql_stores_job_bodies_uncompressed(store):
+    if store.dialect != "postgresql":
+        pytest.skip("a PostgreSQL storage setting")
+    import sqlalchemy as sa
+
+    with store.read() as conn:
+        storage = conn.execute(sa.text("SELECT attstorage FROM pg_attribute WHERE attrelid = 'pb_jobs'::regclass AND attname = 'body'")).scalar()
+    assert storage == "e"

@@ -93,7 +93,10 @@ class Store:
             if self.dialect == "postgresql":
                 # Several processes may start at once against one PostgreSQL: upgrade one at a time.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727400001)"))
-            return schema.upgrade(conn)
+            found = schema.upgrade(conn)
+            if self.dialect == "postgresql":
+                _tune_postgresql(conn)
+            return found
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -223,6 +226,18 @@ class _Checkpointer:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self._checkpoint("PASSIVE")
+
+
+def _tune_postgresql(conn: sa.Connection) -> None:
+    """Ingest job bodies are written once and dropped when their job completes: compressing them
+    (pglz, PostgreSQL's default for bytea) cost the database about 13 ms of CPU per MB, in the path of
+    every accepted request, for nothing. Stored uncompressed (still out of line) instead. A metadata
+    change, made once."""
+    storage = conn.execute(
+        sa.text("SELECT attstorage FROM pg_attribute WHERE attrelid = 'pb_jobs'::regclass AND attname = 'body'")
+    ).scalar()
+    if storage == "x":
+        conn.execute(sa.text("ALTER TABLE pb_jobs ALTER COLUMN body SET STORAGE EXTERNAL"))
 
 
 def _pg_sqlalchemy_url(url: str) -> str:
