@@ -396,7 +396,9 @@ def _existing(store: Store, conn: sa.Connection, dataset: Dataset, keys: Sequenc
     select = f'SELECT _id, {", ".join(c.col for c in dataset.columns)} FROM "ds_{dataset.id}"'
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     found: dict[Any, tuple[Any, ...]] = {}
-    if len(uid_cols) == 1 and keys:
+    # Text order in PostgreSQL follows the database's collation, not Python's code-point order, so the
+    # range below is only asked there for non-text ids (SQLite compares text by code point too).
+    if len(uid_cols) == 1 and keys and (store.dialect == "sqlite" or dataset.column(dataset.unique_id[0]).type != "string"):
         # Appends usually carry new, increasing ids: when no stored row falls between the payload's
         # smallest and largest key (one index probe), none of its keys can exist.
         mark = "?" if store.dialect == "sqlite" else "%s"

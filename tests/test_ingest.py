@@ -329,3 +329,13 @@ def test_postgresql_stores_job_bodies_uncompressed(store):
     with store.read() as conn:
         storage = conn.execute(sa.text("SELECT attstorage FROM pg_attribute WHERE attrelid = 'pb_jobs'::regclass AND attname = 'body'")).scalar()
     assert storage == "e"
+
+
+def test_upsert_on_text_ids_whatever_their_collation_order(api):
+    cols = [{"name": "code", "type": "string"}, {"name": "v", "type": "integer"}]
+    api.post("/api/datasets", json={"name": "codes", "columns": cols, "unique_id": ["code"]})
+    api.load("codes", [{"code": "a", "v": 1}, {"code": "B", "v": 1}, {"code": "é", "v": 1}])
+    # Python orders "B" < "a" < "é"; a database collation may not: every existing row must still be found.
+    doc = api.load("codes", [{"code": "B", "v": 2}, {"code": "a", "v": 2}, {"code": "é", "v": 2}, {"code": "Z", "v": 2}])
+    assert doc["status"] == "Complete", doc
+    assert (doc["rows_inserted"], doc["rows_updated"]) == (1, 3), doc
