@@ -191,13 +191,20 @@ def accept_job(
     if payload.failed is not None:
         # The body is not kept: a job that broke a rule is never run again.
         values.update(status="ErrorExit", body=None, errors=payload.failed.errors, reason=payload.failed.reason, started_at=now, finished_at=now)
-    with store.write() as conn:
-        # One statement object with its values as parameters: SQLAlchemy reuses its compiled form (a
-        # fresh ``insert().values(...)`` per call costs about a millisecond more, inside the write lock).
-        conn.execute(_INSERT_JOB, values)
-        store.notify(conn, JOB_DONE_CHANNEL if payload.failed is not None else JOB_CHANNEL, job_id)
+    handoff = _handoff(store)
     if payload.failed is None:
-        _handoff(store).put(job_id, payload)
+        # Handed over before the commit: the worker, woken by it, finds the payload already there (and
+        # cannot see the job before the commit).
+        handoff.put(job_id, payload)
+    try:
+        with store.write() as conn:
+            # One statement object with its values as parameters: SQLAlchemy reuses its compiled form (a
+            # fresh ``insert().values(...)`` per call costs about a millisecond more, in the write lock).
+            conn.execute(_INSERT_JOB, values)
+            store.notify(conn, JOB_DONE_CHANNEL if payload.failed is not None else JOB_CHANNEL, job_id)
+    except BaseException:
+        handoff.take(job_id)
+        raise
     return job_id
 
 
@@ -207,10 +214,14 @@ _INSERT_JOB = jobs_table.insert()
 class _Handoff:
     """Checked payloads of just-accepted jobs, so this process's worker loads them without reading and
     parsing the stored body again. Bounded by rows (memory); a job that does not fit, or any job after
-    a restart, is read from its stored body instead."""
+    a restart, is read from its stored body instead. An entry whose job another process ran (several
+    workers on PostgreSQL) is dropped once it is old and room is needed."""
+
+    STALE_SECONDS = 600.0
 
     def __init__(self, max_rows: int = 250_000, max_jobs: int = 256) -> None:
         self._items: dict[str, Prepared] = {}
+        self._since: dict[str, float] = {}
         self._rows = 0
         self._lock = threading.Lock()
         self._max_rows = max_rows
@@ -218,18 +229,30 @@ class _Handoff:
         # Jobs whose load transaction is open right now (their committed status is still Initializing).
         self.loading: set[str] = set()
 
+    def _fits(self, count: int) -> bool:
+        return len(self._items) < self._max_jobs and self._rows + count <= self._max_rows
+
     def put(self, job_id: str, payload: Prepared) -> None:
+        now = time.monotonic()
         with self._lock:
-            if len(self._items) < self._max_jobs and self._rows + payload.count <= self._max_rows:
+            if not self._fits(payload.count):
+                for stale in [j for j, since in self._since.items() if now - since > self.STALE_SECONDS]:
+                    self._drop(stale)
+            if self._fits(payload.count):
                 self._items[job_id] = payload
+                self._since[job_id] = now
                 self._rows += payload.count
+
+    def _drop(self, job_id: str) -> Prepared | None:
+        payload = self._items.pop(job_id, None)
+        if payload is not None:
+            del self._since[job_id]
+            self._rows -= payload.count
+        return payload
 
     def take(self, job_id: str) -> Prepared | None:
         with self._lock:
-            payload = self._items.pop(job_id, None)
-            if payload is not None:
-                self._rows -= payload.count
-            return payload
+            return self._drop(job_id)
 
 
 def _handoff(store: Store) -> _Handoff:
@@ -428,6 +451,7 @@ def _run_handed_off(store: Store, owner: str, job_id: str | None) -> tuple[str |
 def run_job(store: Store, job: Any) -> dict[str, Any]:
     """Validate and load one claimed job from its stored body; records and returns its final status."""
     job_id = job.id
+    _handoff(store).take(job_id)  # a payload handed off for it (if any) is not used on this path
     try:
         with store.read() as conn:
             dataset = get_dataset_by_id(store, job.dataset_id, conn)

@@ -339,3 +339,16 @@ def test_upsert_on_text_ids_whatever_their_collation_order(api):
     doc = api.load("codes", [{"code": "B", "v": 2}, {"code": "a", "v": 2}, {"code": "é", "v": 2}, {"code": "Z", "v": 2}])
     assert doc["status"] == "Complete", doc
     assert (doc["rows_inserted"], doc["rows_updated"]) == (1, 3), doc
+
+
+def test_handoff_is_bounded_and_drops_stale_entries(monkeypatch):
+    from pushbase import ingest
+
+    handoff = ingest._Handoff(max_rows=10, max_jobs=5)
+    handoff.put("a", ingest.Prepared(6))
+    handoff.put("b", ingest.Prepared(6))  # does not fit: that job will be read from its stored body
+    assert handoff.take("b") is None and handoff.take("a").count == 6
+    handoff.put("old", ingest.Prepared(8))
+    monkeypatch.setattr(ingest._Handoff, "STALE_SECONDS", -1.0)  # everything is old now
+    handoff.put("new", ingest.Prepared(8))
+    assert handoff.take("old") is None and handoff.take("new").count == 8
