@@ -227,3 +227,12 @@ def test_largest_allowed_view_saves_and_reads_on_both_engines(orders):
     assert r.status_code == 200, r.text[:300]
     assert len(r.json()["rows"]) == 7 and r.json()["rows"][0]["c199"] == 35.0
     assert orders.get("/api/views/largest/rows", params={"format": "csv"}).text.count("\n") == 8
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+@pytest.mark.parametrize("param", [{"limit": "0"}, {"limit": "5"}, {"after": "x"}])
+def test_streams_refuse_page_parameters_instead_of_ignoring_them(orders, fmt, param):
+    orders.post("/api/views", json={"name": "all", "dataset": "orders"})
+    r = orders.get("/api/views/all/rows", params={"format": fmt, **param})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert next(iter(param)) in r.json()["error"]["message"]

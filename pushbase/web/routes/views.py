@@ -86,8 +86,9 @@ async def view_rows(
             return orjson.dumps(page)
 
         return Response(await threaded(page), media_type="application/json")
-    if after is not None:
-        raise Invalid("ndjson and csv stream every row; 'after' is for format=json pages", code="invalid_request")
+    if after is not None or limit is not None:
+        raise Invalid(f"ndjson and csv stream every row; '{'after' if after is not None else 'limit'}' is for format=json pages "
+                      "(a view's own limit applies to streams too)", code="invalid_request")
     # Check the view exists before the stream starts, so an error is still a proper 404.
     await threaded(views.get_view, store, view)
     media = "application/x-ndjson" if format == "ndjson" else "text/csv; charset=utf-8"
