@@ -352,3 +352,11 @@ def test_handoff_is_bounded_and_drops_stale_entries(monkeypatch):
     monkeypatch.setattr(ingest._Handoff, "STALE_SECONDS", -1.0)  # everything is old now
     handoff.put("new", ingest.Prepared(8))
     assert handoff.take("old") is None and handoff.take("new").count == 8
+
+
+def test_the_202_tells_the_status_the_job_was_recorded_with(orders):
+    bad = orders.post("/api/datasets/orders/data", json=[{"order_id": "x"}])
+    assert bad.status_code == 202 and bad.json()["status"] == "ErrorExit", bad.text
+    assert orders.get(f"/api/datasets/orders/data/{bad.json()['jobId']}/status").json()["status"] == "ErrorExit"
+    good = orders.post("/api/datasets/orders/data", json=[{"order_id": 1}])
+    assert good.status_code == 202 and good.json()["status"] == "Initializing"

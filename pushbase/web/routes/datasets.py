@@ -86,16 +86,18 @@ async def _accept(request: Request, dataset: str, operation: str, who: Principal
     body = b"" if operation == "delete_all" else await read_body(request)
     content_type = request.headers.get("content-type", "application/json")
 
-    def work() -> str:
+    def work() -> tuple[str, str]:
         found = datasets.get_dataset(store, dataset)
         payload = ingest.prepare_payload(store, found, operation, body, content_type)
-        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        job_id = ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        # A payload that broke a rule is recorded ended at once: the 202 says so, as the status will.
+        return job_id, ingest.PENDING if payload.failed is None else "ErrorExit"
 
-    job_id = await threaded(work)
+    job_id, status = await threaded(work)
     if wait:
         doc = await wait_for_job(request, job_id)
         return JSONAnswer(doc, status_code=200 if doc["status"] in ingest.FINAL_STATUSES else 202)
-    return JSONAnswer({"jobId": job_id, "status": ingest.PENDING}, status_code=202)
+    return JSONAnswer({"jobId": job_id, "status": status}, status_code=202)
 
 
 async def wait_for_job(request: Request, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
