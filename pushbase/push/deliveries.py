@@ -40,6 +40,7 @@ from ..leases import owner_is_dead
 from ..outbound import Attempt
 from ..rows import decode_cursor, encode_cursor
 from ..storage import Store, codecs
+from ..storage.schema import datasets as datasets_table
 from ..storage.schema import deliveries as deliveries_table
 from ..storage.schema import pushes as pushes_table
 from ..subscriptions import publish_in
@@ -47,6 +48,7 @@ from ..storage.schema import views as views_table
 from ..views.query import ViewQuery
 from .definitions import Push, get_push, next_allowed_at, push_from_parts, utc_day
 from .formats import Batch, BatchCutter, content_type
+from .prepared import Prepared
 from .retry import Decision, Disable, RetryAt, Success
 from .signing import new_webhook_id
 
@@ -83,19 +85,27 @@ _STAMP_CHUNK_PG = 10_000
 _PROBE_ROWS = 2000
 
 
-# The statements of every call, built once: building a statement and its cache key costs more than
-# running it on SQLite. Parameters are bound by name at each execution.
+# The statements of every call, built once and run as ``Prepared`` (compiled once per dialect, run on
+# the DBAPI cursor): SQLAlchemy's per-execution work costs more than running them on SQLite.
+# Parameters are bound by name at each execution.
 _P = sa.bindparam
 _VIEW_OF_PUSH = sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == _P("view_id"))
+# What tells whether a cached target is still current: a changed view or dataset has a new updated_at.
+_TARGET_VERSION = Prepared(
+    sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.updated_at, datasets_table.c.updated_at.label("dataset_updated_at"))
+    .select_from(views_table.join(datasets_table, datasets_table.c.id == views_table.c.dataset_id))
+    .where(views_table.c.id == _P("view_id"))
+)
 _PENDING_ID = (
     sa.select(sa.func.min(deliveries_table.c.id))
     .where(deliveries_table.c.push_id == pushes_table.c.id, deliveries_table.c.status == "pending")
     .scalar_subquery()
 )
 # The push, and its oldest pending delivery's id (usually none) in the same read.
-_PUSH_ROW = sa.select(pushes_table, _PENDING_ID.label("pb_pending_id")).where(pushes_table.c.id == _P("push_id"))
-_PUSH_ROW_LOCKED = _PUSH_ROW.with_for_update(skip_locked=True)
-_PUSH_EXISTS = sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id"))
+_PUSH_ROW_SELECT = sa.select(pushes_table, _PENDING_ID.label("pb_pending_id")).where(pushes_table.c.id == _P("push_id"))
+_PUSH_ROW = Prepared(_PUSH_ROW_SELECT)
+_PUSH_ROW_LOCKED = Prepared(_PUSH_ROW_SELECT.with_for_update(skip_locked=True))
+_PUSH_EXISTS = Prepared(sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id")))
 _FIRST_PENDING = (
     sa.select(deliveries_table)
     .where(deliveries_table.c.push_id == _P("push_id"), deliveries_table.c.status == "pending")
@@ -103,10 +113,17 @@ _FIRST_PENDING = (
     .limit(1)
 )
 _INSERT_DELIVERIES = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
-_LEASE = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
-_LEASE_AND_RUN = _LEASE.values(last_run_at=_P("run_at"))
+# One delivery (a cut usually makes one): a single-row INSERT run on the cursor.
+_INSERT_DELIVERY = Prepared(
+    deliveries_table.insert()
+    .values({name: _P(name) for name in ("push_id", "webhook_id", "status", "row_count", "row_keys", "body", "content_type", "attempts", "trigger", "created_at")})
+    .returning(deliveries_table.c.id)
+)
+_LEASE_STMT = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
+_LEASE = Prepared(_LEASE_STMT)
+_LEASE_AND_RUN = Prepared(_LEASE_STMT.values(last_run_at=_P("run_at")))
 # What ``record`` needs to know: the push's counters and lease holder, and the delivery's state.
-_STATE = (
+_STATE = Prepared(
     sa.select(
         pushes_table.c.enabled,
         pushes_table.c.consecutive_failures,
@@ -119,8 +136,8 @@ _STATE = (
     .select_from(pushes_table.join(deliveries_table, deliveries_table.c.push_id == pushes_table.c.id))
     .where(pushes_table.c.id == _P("push_id"), deliveries_table.c.id == _P("delivery_id"))
 )
-_DELIVERY_BY_ID = sa.select(deliveries_table).where(deliveries_table.c.id == _P("delivery_id"))
-_DELIVERED = (
+_DELIVERY_BY_ID = Prepared(sa.select(deliveries_table).where(deliveries_table.c.id == _P("delivery_id")))
+_DELIVERED = Prepared(
     deliveries_table.update()
     .where(deliveries_table.c.id == _P("delivery_id"))
     .values(status="succeeded", attempts=_P("attempts"), finished_at=_P("at"), rows_stamped=_P("stamped"))
@@ -138,7 +155,8 @@ _SUCCEEDED = (
         status=_P("status"),
     )
 )
-_SUCCEEDED_AND_RELEASED = _SUCCEEDED.values(lease_owner=None, lease_expires_at=None)
+_SUCCEEDED_AND_RELEASED = Prepared(_SUCCEEDED.values(lease_owner=None, lease_expires_at=None))
+_SUCCEEDED_ONLY = Prepared(_SUCCEEDED)
 
 
 class LeaseLost(Exception):
@@ -211,6 +229,8 @@ class TargetCache:
 
     def __init__(self, size: int = 256) -> None:
         self._items: dict[Any, Target] = {}
+        # By (view, its updated_at, dataset, its updated_at, log-time field): found with one small read.
+        self._current: dict[Any, Target] = {}
         self._size = size
         self._lock = threading.Lock()
 
@@ -218,22 +238,38 @@ class TargetCache:
         return self.load(store, conn, push)[1]
 
     def load(self, store: Store, conn: sa.Connection, row: Any) -> tuple[Push, Target]:
-        """The push of a ``pb_pushes`` row (or a ``Push``) and its target: two small reads (view, dataset)."""
+        """The push of a ``pb_pushes`` row (or a ``Push``) and its target. One small read (the view's and
+        its dataset's ``updated_at``) when the target is cached; the view and dataset otherwise."""
+        version = _TARGET_VERSION.first(conn, {"view_id": row.view_id})
+        if version is None:
+            raise NotFound(f"view #{row.view_id} does not exist")
+        push = row if isinstance(row, Push) else push_from_parts(row, version.name, version.dataset_id)
+        current = (store.url, push.view_id, version.updated_at, version.dataset_id, version.dataset_updated_at, push.log_time_field)
+        with self._lock:
+            found = self._current.get(current)
+        if found is not None:
+            return push, found
         view = conn.execute(_VIEW_OF_PUSH, {"view_id": row.view_id}).first()
         if view is None:
             raise NotFound(f"view #{row.view_id} does not exist")
         dataset = get_dataset_by_id(store, view.dataset_id, conn)
-        push = row if isinstance(row, Push) else push_from_parts(row, view.name, view.dataset_id)
         key = (store.url, push.view_id, orjson.dumps(view.definition, option=orjson.OPT_SORT_KEYS), dataset, push.log_time_field)
         with self._lock:
             found = self._items.get(key)
         if found is not None:
+            with self._lock:
+                if len(self._current) >= self._size:
+                    self._current.clear()
+                self._current[current] = found
             return push, found
         target = _build_target(store, dataset, dict(view.definition), push.log_time_field)
         with self._lock:
             if len(self._items) >= self._size:
                 self._items.clear()
             self._items[key] = target
+            if len(self._current) >= self._size:
+                self._current.clear()
+            self._current[current] = target
         return push, target
 
 
@@ -287,10 +323,10 @@ def claim(
     now = utc_now()
     with store.write() as conn:
         locked = _PUSH_ROW_LOCKED if store.dialect == "postgresql" else _PUSH_ROW
-        row = conn.execute(locked, {"push_id": push_id}).first()
+        row = locked.first(conn, {"push_id": push_id})
         if row is None:
             # Gone, or locked this instant by another worker claiming it (PostgreSQL).
-            exists = conn.execute(_PUSH_EXISTS, {"push_id": push_id}).first()
+            exists = _PUSH_EXISTS.first(conn, {"push_id": push_id})
             return now + dt.timedelta(seconds=1) if exists else None
         if not row.enabled and not manual:
             return None
@@ -304,21 +340,21 @@ def claim(
         if held:
             return row.lease_expires_at  # type: ignore[no-any-return]
         push, target = targets.load(store, conn, row)
-        first = None if row.pb_pending_id is None else _delivery(conn.execute(_DELIVERY_BY_ID, {"delivery_id": row.pb_pending_id}).first())
+        first = None if row.pb_pending_id is None else _delivery(_DELIVERY_BY_ID.first(conn, {"delivery_id": row.pb_pending_id}))
         if not manual:
             due = next_allowed_at(push, now, pending=first is not None)
             if due is not None:
                 return NotYet(due)
         lease = {"push_id": push_id, "owner": owner, "expires": now + dt.timedelta(seconds=LEASE_SECONDS)}
         if first is not None:
-            conn.execute(_LEASE, lease)
+            _LEASE.run(conn, lease)
             return Claimed(push, target, [first], more=True, cut=False)
         # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
         # meanwhile, and when the view selects nothing no lease is taken (no write at all).
         made = _cut(store, conn, push, target, trigger)
         if not made.made:
             return Claimed(push, target, [], more=False, cut=True, leased=False)
-        conn.execute(_LEASE_AND_RUN, {**lease, "run_at": now})
+        _LEASE_AND_RUN.run(conn, {**lease, "run_at": now})
         return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
 
 
@@ -418,7 +454,10 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
             }
             for b in pending
         ]
-        ids = conn.execute(_INSERT_DELIVERIES, params).scalars().all()
+        if len(params) == 1:
+            ids = [_INSERT_DELIVERY.first(conn, params[0])[0]]
+        else:
+            ids = conn.execute(_INSERT_DELIVERIES, params).scalars().all()
         kept = sum(len(d.body) for d in out.deliveries)
         for ident, p in zip(ids, params):
             if not out.more and kept + len(p["body"]) <= _KEEP_BYTES:
@@ -478,18 +517,23 @@ def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[in
     value = max(at, codecs.micros_to_datetime(latest)) if store.dialect == "postgresql" else max(codecs.datetime_to_micros(at), latest)
     sql, names = target.stamp_sql(conn)
     stamped = 0
-    if names is None:  # PostgreSQL: one statement per chunk
-        for start in range(0, len(keys), _STAMP_CHUNK_PG):
-            chunk = keys[start : start + _STAMP_CHUNK_PG]
-            params = {"v": value, "ids": [k[0] for k in chunk], "ms": [codecs.micros_to_datetime(k[1]) for k in chunk]}
-            stamped += conn.exec_driver_sql(sql, params).rowcount or 0
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if names is None:  # PostgreSQL: one statement per chunk
+            for start in range(0, len(keys), _STAMP_CHUNK_PG):
+                chunk = keys[start : start + _STAMP_CHUNK_PG]
+                cursor.execute(sql, {"v": value, "ids": [k[0] for k in chunk], "ms": [codecs.micros_to_datetime(k[1]) for k in chunk]})
+                stamped += max(cursor.rowcount, 0)
+            return stamped
+        by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
+        order = [by_name[n] for n in names]
+        for start in range(0, len(keys), _STAMP_CHUNK):
+            rows = [(value, k[0], k[1]) for k in keys[start : start + _STAMP_CHUNK]]
+            cursor.executemany(sql, [tuple(r[i] for i in order) for r in rows])
+            stamped += max(cursor.rowcount, 0)
         return stamped
-    by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
-    order = [by_name[n] for n in names]
-    for start in range(0, len(keys), _STAMP_CHUNK):
-        rows = [(value, k[0], k[1]) for k in keys[start : start + _STAMP_CHUNK]]
-        stamped += conn.exec_driver_sql(sql, [tuple(r[i] for i in order) for r in rows]).rowcount or 0
-    return stamped
+    finally:
+        cursor.close()
 
 
 def _attempt_json(attempt: Attempt, decision: Decision) -> dict[str, Any]:
@@ -514,7 +558,7 @@ def record(
     """
     now = utc_now()
     with store.write() as conn:
-        current = row = conn.execute(_STATE, {"push_id": push.id, "delivery_id": delivery.id}).first()
+        current = row = _STATE.first(conn, {"push_id": push.id, "delivery_id": delivery.id})
         if current is None:
             return Recorded("gone")  # the push, or this delivery of it, was deleted
         if row.status != "pending":
@@ -532,11 +576,10 @@ def record(
         policy = push.retry_policy
         if isinstance(decision, Success):
             stamped = _stamp(store, conn, target, delivery.row_keys, now)
-            conn.execute(_DELIVERED, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
+            _DELIVERED.run(conn, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
             released = release_when_done and holds
-            conn.execute(
-                _SUCCEEDED_AND_RELEASED if released else _SUCCEEDED,
-                {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)},
+            (_SUCCEEDED_AND_RELEASED if released else _SUCCEEDED_ONLY).run(
+                conn, {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)}
             )
             # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
             publish_in(
