@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import itertools
 import re
 from typing import Any, Callable, Iterable, Sequence
 
@@ -125,12 +126,12 @@ class RowEncoder:
     fields still to convert here, as (position in the tuple, function from a non-null value)."""
 
     def __init__(self, names: Sequence[str], convert: Sequence[tuple[int, Callable[[Any], Any]]] = ()) -> None:
-        self.names = list(names)
+        self.names = tuple(names)
         self.convert = list(convert)
 
     def objects(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         names = self.names
-        out = [dict(zip(names, row)) for row in rows]
+        out = list(map(dict, map(zip, itertools.repeat(names), rows)))
         for index, fn in self.convert:
             name = names[index]
             for obj in out:
@@ -138,6 +139,10 @@ class RowEncoder:
                 if value is not None:
                     obj[name] = fn(value)
         return out
+
+    def json_list(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        """The objects of ``rows`` as in a JSON list, without its brackets: ``{...},{...}``."""
+        return orjson.dumps(self.objects(rows))[1:-1]
 
     def ndjson(self, rows: Sequence[Sequence[Any]]) -> bytes:
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE

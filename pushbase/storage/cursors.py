@@ -10,9 +10,14 @@ Only use it for statements whose columns need no SQLAlchemy result processing (t
   PostgreSQL reads through a server-side cursor (``DECLARE ... NO SCROLL CURSOR`` / ``FETCH FORWARD n``),
   since a client-side cursor would first pull the whole result into memory, planned for reading all
   of it (``cursor_tuple_fraction = 1``), one batch ahead of the caller.
+- ``bounded``: the rows of a SELECT whose size is bounded (a JSON page: ``LIMIT 10001``), in batches.
+  On PostgreSQL an ordinary query whose rows libpq hands over in chunks as they arrive (chunked rows
+  mode, libpq 17+): the database finds and sends the next rows while the caller encodes these, with no
+  cursor to declare and no round trip per batch. With an older libpq, one client-side result.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -23,7 +28,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["stream"]
+__all__ = ["stream", "bounded"]
 
 _names = itertools.count(1)
 
@@ -41,6 +46,57 @@ def stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[
             yield rows
     finally:
         result.close()
+
+
+def bounded(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``select``, which has a small ``LIMIT``, in lists of up to ``batch`` DBAPI tuples."""
+    if conn.dialect.name != "postgresql":
+        yield from stream(conn, select, batch)
+        return
+    if not _chunked_rows():
+        result = conn.execute(select)  # a client-side cursor: the whole (bounded) result at once
+        try:
+            while rows := result.cursor.fetchmany(batch):
+                yield rows
+        finally:
+            result.close()
+        return
+    statement, parameters = _statement(conn, select)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    rows_of = cursor.stream(statement, parameters, size=batch)
+    try:
+        while rows := list(itertools.islice(rows_of, batch)):
+            yield rows
+    finally:
+        rows_of.close()  # read to the end, or else the query is cancelled
+        cursor.close()
+
+
+@functools.cache
+def _chunked_rows() -> bool:
+    import psycopg
+
+    return psycopg.pq.version() >= 170000  # libpq's chunked rows mode, used by cursor.stream(size=n)
+
+
+def _statement(conn: sa.Connection, select: sa.Select) -> tuple[str, Any]:
+    """The SQL text and DBAPI parameters that SQLAlchemy would run for ``select`` (compiled, cached,
+    parameters bound and processed as always), without running it."""
+    engine = conn.engine
+    if not sa.event.contains(engine, "do_execute", _capture):
+        sa.event.listen(engine, "do_execute", _capture)
+    sink: list[tuple[str, Any]] = []
+    conn.execute(select, execution_options={"pushbase_capture": sink}).close()
+    return sink[0]
+
+
+def _capture(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    """``do_execute`` hook: for executions that ask for it, keep the statement instead of running it."""
+    sink = context.execution_options.get("pushbase_capture")
+    if sink is None:
+        return False
+    sink.append((statement, parameters))
+    return True
 
 
 class _DeclareCursor(Executable, ClauseElement):

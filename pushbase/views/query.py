@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import orjson
 import sqlalchemy as sa
 
 from ..columns import SYSTEM_FIELDS, validator_for
@@ -191,8 +192,9 @@ class ViewQuery:
             values.append(None if value is None else codecs.decoder(self.store.dialect, key.field.type)(value))
         return encode_cursor([*values, row[0], seen])
 
-    def page(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> dict[str, Any]:
-        """One page of rows (as JSON objects) and the cursor of the next (``None`` at the end)."""
+    def _page_query(self, limit: int | None, after: str | None) -> tuple[sa.Select | None, int, int]:
+        """The SELECT of a page (``None`` when the view's own limit is already reached), its size and
+        the count of rows before it. Checks ``limit`` and ``after`` (4xx) before anything is read."""
         size = page_limit(limit)
         seen = 0
         sort_cols = [k.field.expr.label(f"s{i}") for i, k in enumerate(self.sort)]
@@ -206,21 +208,38 @@ class ViewQuery:
             # The view's own limit caps the whole result, not each page.
             size = min(size, max(self.limit - seen, 0))
             if size == 0:
-                return {"rows": [], "next": None}
-        encoder = self.encoder("json")
-        objects: list[dict[str, Any]] = []
+                return None, size, seen
+        return query.limit(size + 1), size, seen
+
+    def _page_batches(self, conn: sa.Connection, query: sa.Select | None, size: int, seen: int) -> Iterator[list[Sequence[Any]]]:
+        """The page's result tuples in batches; returns (as the generator's value) the next cursor."""
+        if query is None:
+            return None
         last: Sequence[Any] | None = None
         fetched = 0
         # Read in batches, so that on PostgreSQL the next batch is fetched while this one is encoded.
-        for rows in cursors.stream(conn, query.limit(size + 1), PAGE_BATCH):
+        for rows in cursors.bounded(conn, query, PAGE_BATCH):
             take = rows[: max(size - fetched, 0)]
-            if take:
-                objects += encoder.objects(take)
-                last = take[-1]
             fetched += len(rows)
+            if take:
+                last = take[-1]
+                yield take
         more = fetched > size and (self.limit is None or seen + size < self.limit)
-        nxt = self._cursor_for(last, seen + size) if more and last is not None else None
-        return {"rows": objects, "next": nxt}
+        return self._cursor_for(last, seen + size) if more and last is not None else None
+
+    def page_json(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> bytes:
+        """One page, ``{"rows": [objects], "next": cursor or null}``, exactly as ``orjson.dumps`` writes
+        it. Encoded a batch of rows at a time, while PostgreSQL sends the next (``cursors.bounded``);
+        no page of dicts is held at once."""
+        query, size, seen = self._page_query(limit, after)
+        encoder = self.encoder("json")
+        batches = self._page_batches(conn, query, size, seen)
+        pieces: list[bytes] = []
+        while True:
+            try:
+                pieces.append(encoder.json_list(next(batches)))
+            except StopIteration as stop:
+                return b'{"rows":[' + b",".join(pieces) + b'],"next":' + orjson.dumps(stop.value) + b"}"
 
     def output_rows(self, conn: sa.Connection, fmt: str, batch: int | None = None) -> Iterator[list[Sequence[Any]]]:
         """Every row of the view as result tuples for ``encoder(fmt)``, in batches, in constant memory."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -81,9 +80,8 @@ async def view_rows(
         def page() -> bytes:
             with store.read() as conn:
                 found = views.get_view(store, view, conn)
-                page = views.view_query(store, found, conn).page(conn, limit=limit, after=after)
-            # Encoded here, in the worker thread, not on the event loop.
-            return orjson.dumps(page)
+                # Encoded here, in the worker thread, not on the event loop.
+                return views.view_query(store, found, conn).page_json(conn, limit=limit, after=after)
 
         return Response(await threaded(page), media_type="application/json")
     if after is not None or limit is not None:
