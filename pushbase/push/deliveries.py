@@ -200,6 +200,7 @@ class Target:
     any_row: sa.Select  # does the view select anything? (no order, one row)
     stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
     log_col: str  # the log-time field's physical column
+    first_rows_raw: Prepared | None = None  # ``first_rows`` run on the cursor
     _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
 
     def stamp_sql(self, conn: sa.Connection) -> tuple[str, tuple[str, ...] | None]:
@@ -287,7 +288,7 @@ def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], lo
         # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
         .values({log_col: sa.bindparam("k_value")})
     )
-    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col)
+    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col, Prepared(first_rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +474,8 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
     # Most cuts are small: read them at once. A large view is streamed (a server-side cursor on
     # PostgreSQL costs round trips that a small cut would notice).
-    parts: Any = [conn.execute(target.first_rows).all()]
+    raw = target.first_rows_raw
+    parts: Any = [raw.all(conn) if raw is not None and raw.usable(conn) else conn.execute(target.first_rows).all()]
     if len(parts[0]) > _PROBE_ROWS:
         parts = conn.execute(target.rows, execution_options={"yield_per": 1000}).partitions(1000)
     for part in parts:
