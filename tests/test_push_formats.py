@@ -59,3 +59,17 @@ def test_a_row_larger_than_the_limit_goes_alone():
     batches = cut("json", 1000, 200, rows)
     assert [b.rows for b in batches] == [1, 1, 1]
     assert len(batches[1].body) > 200
+
+
+@pytest.mark.parametrize("fmt", ["form", "json", "ndjson"])
+def test_whole_batch_is_byte_for_byte_what_add_builds(fmt):
+    (expected,) = cut(fmt, 100, 1_000_000)
+    whole = BatchCutter(fmt, 100, 1_000_000).whole(ROWS, [r["_id"] * 10 for r in ROWS])
+    if fmt == "ndjson":
+        assert whole is None  # nothing to save: fed row by row
+        return
+    assert whole is not None and whole.body == expected.body and whole.keys == expected.keys
+    # Too many rows or too many bytes for one batch: left to ``add``.
+    assert BatchCutter(fmt, 6, 1_000_000).whole(ROWS, [0] * 7) is None
+    assert BatchCutter(fmt, 100, len(expected.body) - 1).whole(ROWS, [0] * 7) is None
+    assert BatchCutter(fmt, 100, len(expected.body)).whole(ROWS, [0] * 7) is not None

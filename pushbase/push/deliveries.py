@@ -478,6 +478,13 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     parts: Any = [raw.all(conn) if raw is not None and raw.usable(conn) else conn.execute(target.first_rows).all()]
     if len(parts[0]) > _PROBE_ROWS:
         parts = conn.execute(target.rows, execution_options={"yield_per": 1000}).partitions(1000)
+    elif len(parts[0]) <= push.max_batch_rows:
+        # The usual cut: a few rows, one batch, encoded in one go.
+        rows = parts[0]
+        whole = cutter.whole([decode(r[:width]) for r in rows], [_marker(store, r[width]) for r in rows])
+        if whole is not None:
+            pending.append(whole)
+            parts = []
     for part in parts:
         for raw in part:
             batch = cutter.add(decode(raw[:width]), _marker(store, raw[width]))
@@ -527,10 +534,16 @@ def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[in
                 cursor.execute(sql, {"v": value, "ids": [k[0] for k in chunk], "ms": [codecs.micros_to_datetime(k[1]) for k in chunk]})
                 stamped += max(cursor.rowcount, 0)
             return stamped
+        chunks = (keys[start : start + _STAMP_CHUNK] for start in range(0, len(keys), _STAMP_CHUNK))
+        if names == ("k_value", "k_id", "k_marker"):
+            for chunk in chunks:
+                cursor.executemany(sql, [(value, k[0], k[1]) for k in chunk])
+                stamped += max(cursor.rowcount, 0)
+            return stamped
         by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
         order = [by_name[n] for n in names]
-        for start in range(0, len(keys), _STAMP_CHUNK):
-            rows = [(value, k[0], k[1]) for k in keys[start : start + _STAMP_CHUNK]]
+        for chunk in chunks:
+            rows = [(value, k[0], k[1]) for k in chunk]
             cursor.executemany(sql, [tuple(r[i] for i in order) for r in rows])
             stamped += max(cursor.rowcount, 0)
         return stamped

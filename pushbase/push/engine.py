@@ -352,21 +352,29 @@ class PushEngine:
         if not claimed.leased:
             return Work(status="nothing_to_send")
         lost = asyncio.Event()
-        renewer = asyncio.get_running_loop().create_task(self._renew(push_id, owner, lost))
+        # The lease is renewed every third of its time; most goes are over long before the first
+        # renewal, so the renewing task is only started when that time comes.
+        loop = asyncio.get_running_loop()
+        renewer: list[asyncio.Task[None]] = []
+        timer = loop.call_later(db.LEASE_SECONDS / 3, lambda: renewer.append(loop.create_task(self._renew(push_id, owner, lost, first=0.0))))
         work = Work()
         try:
             work = await self._deliver(claimed, manual, owner, lost)
             return work
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            timer.cancel()
+            for task in renewer:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if not work.released:
                 await self._db(db.release, self.store, push_id, owner)
 
-    async def _renew(self, push_id: int, owner: str, lost: asyncio.Event) -> None:
+    async def _renew(self, push_id: int, owner: str, lost: asyncio.Event, *, first: float | None = None) -> None:
+        delay = db.LEASE_SECONDS / 3 if first is None else first
         while True:
-            await asyncio.sleep(db.LEASE_SECONDS / 3)
+            await asyncio.sleep(delay)
+            delay = db.LEASE_SECONDS / 3
             try:
                 if not await self._db(db.renew, self.store, push_id, owner):
                     log.warning("push #%s: lease lost to another worker", push_id)
