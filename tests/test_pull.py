@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from pushbase import rows as rows_module
 from pushbase.keys import create_key
-from pushbase.storage import open_store
+from pushbase.storage import cursors, open_store
 from pushbase.views import query as query_module
 from pushbase.views import store as views
 from pushbase.web import create_app
@@ -171,6 +171,30 @@ def test_streams_and_pages_cross_many_fetches(typed: Api, store: Any, monkeypatc
         with store.read() as conn:
             query = views.view_query(store, views.get_view(store, name, conn), conn)
             assert [r for batch in query.stream(conn, batch=3) for r in batch] == want_rows
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked_rows", "one_result"])
+def test_pages_are_the_bytes_orjson_writes(typed: Api, store: Any, monkeypatch: pytest.MonkeyPatch, chunked: bool) -> None:
+    """A page is encoded a batch at a time, yet its bytes are ``orjson.dumps`` of the page. On PostgreSQL
+    rows come in libpq's chunks, or (an older libpq) as one client-side result: the same pages."""
+    monkeypatch.setattr(query_module, "PAGE_BATCH", 2)
+    if not chunked:
+        monkeypatch.setattr(cursors, "_chunked_rows", lambda: False)
+    for name in VIEWS:
+        want_rows = reference(store, name)[0]
+        for limit in (1, 3, 1000):
+            got: list[dict[str, Any]] = []
+            after = None
+            while True:
+                r = typed.get(f"/api/views/{name}/rows", params={"limit": limit, **({"after": after} if after else {})})
+                assert r.status_code == 200, r.text
+                page = orjson.loads(r.content)
+                assert r.content == orjson.dumps(page)
+                got += page["rows"]
+                after = page["next"]
+                if after is None:
+                    break
+            assert orjson.dumps(got) == orjson.dumps(want_rows)
 
 
 def test_empty_view_streams_only_the_header(typed: Api) -> None:
