@@ -102,9 +102,25 @@ _PENDING_ID = (
     .scalar_subquery()
 )
 # The push, and its oldest pending delivery's id (usually none) in the same read.
-_PUSH_ROW_SELECT = sa.select(pushes_table, _PENDING_ID.label("pb_pending_id")).where(pushes_table.c.id == _P("push_id"))
+# ... and what tells whether its cached target is current (see ``TargetCache.load``), in the same read.
+_PUSH_ROW_SELECT = (
+    sa.select(
+        pushes_table,
+        _PENDING_ID.label("pb_pending_id"),
+        views_table.c.name.label("pb_view_name"),
+        views_table.c.dataset_id.label("pb_dataset_id"),
+        views_table.c.updated_at.label("pb_view_updated_at"),
+        datasets_table.c.updated_at.label("pb_dataset_updated_at"),
+    )
+    .select_from(
+        pushes_table.outerjoin(views_table, views_table.c.id == pushes_table.c.view_id).outerjoin(
+            datasets_table, datasets_table.c.id == views_table.c.dataset_id
+        )
+    )
+    .where(pushes_table.c.id == _P("push_id"))
+)
 _PUSH_ROW = Prepared(_PUSH_ROW_SELECT)
-_PUSH_ROW_LOCKED = Prepared(_PUSH_ROW_SELECT.with_for_update(skip_locked=True))
+_PUSH_ROW_LOCKED = Prepared(_PUSH_ROW_SELECT.with_for_update(skip_locked=True, of=pushes_table))
 _PUSH_EXISTS = Prepared(sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id")))
 _FIRST_PENDING = (
     sa.select(deliveries_table)
@@ -241,11 +257,15 @@ class TargetCache:
     def load(self, store: Store, conn: sa.Connection, row: Any) -> tuple[Push, Target]:
         """The push of a ``pb_pushes`` row (or a ``Push``) and its target. One small read (the view's and
         its dataset's ``updated_at``) when the target is cached; the view and dataset otherwise."""
-        version = _TARGET_VERSION.first(conn, {"view_id": row.view_id})
-        if version is None:
-            raise NotFound(f"view #{row.view_id} does not exist")
-        push = row if isinstance(row, Push) else push_from_parts(row, version.name, version.dataset_id)
-        current = (store.url, push.view_id, version.updated_at, version.dataset_id, version.dataset_updated_at, push.log_time_field)
+        if getattr(row, "pb_view_updated_at", None) is not None:  # a claim's read brought the versions
+            name, dataset_id, view_at, dataset_at = row.pb_view_name, row.pb_dataset_id, row.pb_view_updated_at, row.pb_dataset_updated_at
+        else:
+            version = _TARGET_VERSION.first(conn, {"view_id": row.view_id})
+            if version is None:
+                raise NotFound(f"view #{row.view_id} does not exist")
+            name, dataset_id, view_at, dataset_at = version.name, version.dataset_id, version.updated_at, version.dataset_updated_at
+        push = row if isinstance(row, Push) else push_from_parts(row, name, dataset_id)
+        current = (store.url, push.view_id, view_at, dataset_id, dataset_at, push.log_time_field)
         with self._lock:
             found = self._current.get(current)
         if found is not None:
