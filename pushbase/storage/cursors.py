@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
@@ -53,7 +54,7 @@ def bounded(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list
     if conn.dialect.name != "postgresql":
         yield from stream(conn, select, batch)
         return
-    if not _chunked_rows():
+    if conn.dialect.driver != "psycopg" or not _chunked_rows():
         result = conn.execute(select)  # a client-side cursor: the whole (bounded) result at once
         try:
             while rows := result.cursor.fetchmany(batch):
@@ -82,9 +83,6 @@ def _chunked_rows() -> bool:
 def _statement(conn: sa.Connection, select: sa.Select) -> tuple[str, Any]:
     """The SQL text and DBAPI parameters that SQLAlchemy would run for ``select`` (compiled, cached,
     parameters bound and processed as always), without running it."""
-    engine = conn.engine
-    if not sa.event.contains(engine, "do_execute", _capture):
-        sa.event.listen(engine, "do_execute", _capture)
     sink: list[tuple[str, Any]] = []
     conn.execute(select, execution_options={"pushbase_capture": sink}).close()
     return sink[0]
@@ -97,6 +95,11 @@ def _capture(cursor: Any, statement: str, parameters: Any, context: Any) -> bool
         return False
     sink.append((statement, parameters))
     return True
+
+
+# Listened for on the dialect class, once, at import: adding a listener to a live engine could race
+# with other threads' executions.
+sa.event.listen(PGDialect, "do_execute", _capture)
 
 
 class _DeclareCursor(Executable, ClauseElement):
