@@ -130,14 +130,18 @@ _FIRST_PENDING = (
 )
 _INSERT_DELIVERIES = deliveries_table.insert().returning(deliveries_table.c.id, sort_by_parameter_order=True)
 # One delivery (a cut usually makes one): a single-row INSERT run on the cursor.
-_INSERT_DELIVERY = Prepared(
+_INSERT_DELIVERY_STMT = (
     deliveries_table.insert()
     .values({name: _P(name) for name in ("push_id", "webhook_id", "status", "row_count", "row_keys", "body", "content_type", "attempts", "trigger", "created_at")})
     .returning(deliveries_table.c.id)
 )
+_INSERT_DELIVERY = Prepared(_INSERT_DELIVERY_STMT)
 _LEASE_STMT = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
 _LEASE = Prepared(_LEASE_STMT)
-_LEASE_AND_RUN = Prepared(_LEASE_STMT.values(last_run_at=_P("run_at")))
+_LEASE_AND_RUN_STMT = _LEASE_STMT.values(last_run_at=_P("run_at"))
+_LEASE_AND_RUN = Prepared(_LEASE_AND_RUN_STMT)
+# PostgreSQL, a claim that cut one batch: the lease and the delivery in one statement (one round trip).
+_INSERT_DELIVERY_AND_LEASE = Prepared(_INSERT_DELIVERY_STMT.add_cte(_LEASE_AND_RUN_STMT.cte("pb_lease")))
 # What ``record`` needs to know: the push's counters and lease holder, and the delivery's state.
 _STATE = Prepared(
     sa.select(
@@ -393,10 +397,11 @@ def claim(
             return Claimed(push, target, [first], more=True, cut=False)
         # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
         # meanwhile, and when the view selects nothing no lease is taken (no write at all).
-        made = _cut(store, conn, push, target, trigger)
+        made = _cut(store, conn, push, target, trigger, {**lease, "run_at": now})
         if not made.made:
             return Claimed(push, target, [], more=False, cut=True, leased=False)
-        _LEASE_AND_RUN.run(conn, {**lease, "run_at": now})
+        if not made.leased:
+            _LEASE_AND_RUN.run(conn, {**lease, "run_at": now})
         return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
 
 
@@ -462,6 +467,7 @@ class Cut:
     deliveries: list[Delivery] = field(default_factory=list)
     more: bool = False
     made: int = 0
+    leased: bool = False  # the lease was taken with the deliveries (``lease`` given, PostgreSQL)
 
 
 def cut(store: Store, push: Push, target: Target, owner: str, *, trigger: str = "auto") -> Cut:
@@ -473,7 +479,7 @@ def cut(store: Store, push: Push, target: Target, owner: str, *, trigger: str = 
         return _cut(store, conn, push, target, trigger)
 
 
-def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger: str) -> Cut:
+def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger: str, lease: dict[str, Any] | None = None) -> Cut:
     out = Cut()
     pending: list[Batch] = []
     size = 0
@@ -496,7 +502,10 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
             }
             for b in pending
         ]
-        if len(params) == 1:
+        if len(params) == 1 and lease is not None and not out.made and store.dialect == "postgresql":
+            ids = [_INSERT_DELIVERY_AND_LEASE.first(conn, {**params[0], **lease})[0]]
+            out.leased = True
+        elif len(params) == 1:
             ids = [_INSERT_DELIVERY.first(conn, params[0])[0]]
         else:
             ids = conn.execute(_INSERT_DELIVERIES, params).scalars().all()
