@@ -228,18 +228,18 @@ class ViewQuery:
         return self._cursor_for(last, seen + size) if more and last is not None else None
 
     def page_json(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> bytes:
-        """One page, ``{"rows": [objects], "next": cursor or null}``, exactly as ``orjson.dumps`` writes
-        it. Encoded a batch of rows at a time, while PostgreSQL sends the next (``cursors.bounded``);
-        no page of dicts is held at once."""
+        """One page, ``{"rows": [objects], "next": cursor or null}``, as JSON. The rows are read in
+        batches, turned into objects while PostgreSQL sends the next batch (``cursors.bounded``), and
+        written by one ``orjson.dumps`` (a dumps per batch, joined, cost the server more)."""
         query, size, seen = self._page_query(limit, after)
         encoder = self.encoder("json")
         batches = self._page_batches(conn, query, size, seen)
-        pieces: list[bytes] = []
+        objects: list[dict[str, Any]] = []
         while True:
             try:
-                pieces.append(encoder.json_list(next(batches)))
+                objects += encoder.objects(next(batches))
             except StopIteration as stop:
-                return b'{"rows":[' + b",".join(pieces) + b'],"next":' + orjson.dumps(stop.value) + b"}"
+                return orjson.dumps({"rows": objects, "next": stop.value})
 
     def output_rows(self, conn: sa.Connection, fmt: str, batch: int | None = None) -> Iterator[list[Sequence[Any]]]:
         """Every row of the view as result tuples for ``encoder(fmt)``, in batches, in constant memory."""
