@@ -140,10 +140,6 @@ class RowEncoder:
                     obj[name] = fn(value)
         return out
 
-    def json_list(self, rows: Sequence[Sequence[Any]]) -> bytes:
-        """The objects of ``rows`` as in a JSON list, without its brackets: ``{...},{...}``."""
-        return orjson.dumps(self.objects(rows))[1:-1]
-
     def ndjson(self, rows: Sequence[Sequence[Any]]) -> bytes:
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         return b"".join([dumps(obj, option=newline) for obj in self.objects(rows)])
