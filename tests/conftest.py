@@ -25,6 +25,8 @@ from pushbase.settings import Settings
 from pushbase.storage import Store, open_store
 from pushbase.web import create_app
 
+from .receivers import Receiver
+
 PG_URL = os.environ.get("PUSHBASE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ENGINES = ["sqlite", "postgresql"]
 
@@ -122,6 +124,13 @@ class Api:
             after = body["next"]
             if not after:
                 return rows
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real HTTP receiver on 127.0.0.1 that can answer, hang or drop (see receivers.py)."""
+    with Receiver() as running:
+        yield running
 
 
 @pytest.fixture

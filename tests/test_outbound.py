@@ -2,19 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from datetime import timezone
 
 import pytest
 
 from pushbase.outbound import Attempt, OutboundClient
 from tests.receivers import FixedResolver, Receiver, Reply
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
 
 
 def closed_port() -> int:

@@ -16,12 +16,6 @@ from tests.test_push_support import delivered_ids, deliveries, eventually, make_
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture
-def receiver():
-    with Receiver() as rx:
-        yield rx
-
-
 def test_rows_arrive_without_further_action_and_get_stamped(api, receiver):
     setup_orders(api)
     make_push(api, receiver.url + "/hook")

@@ -14,7 +14,6 @@ from pushbase.settings import Settings
 from pushbase.storage.schema import deliveries as deliveries_table
 from pushbase.storage.schema import pushes as pushes_table
 from pushbase.views.store import create_view
-from tests.receivers import Receiver
 from tests.test_push_support import COLUMNS, delivered_ids, deliveries, eventually, make_push, orders, setup_orders, stamped
 
 
@@ -23,12 +22,6 @@ def settings(db_url: str) -> Settings:
     # No sweep and a long linger: a delivery within the deadlines below can only come from a data
     # wake-up of a quiet push (which does not linger) or from a run by hand.
     return Settings(db=db_url, allow_private_targets=True, max_body_bytes=2 * 1024 * 1024, sweep_seconds=600.0, linger_seconds=600.0)
-
-
-@pytest.fixture
-def receiver():
-    with Receiver() as rx:
-        yield rx
 
 
 def test_a_quiet_push_calls_at_once_and_data_right_after_a_call_lingers(api, receiver):

@@ -6,7 +6,6 @@ import random
 from collections import defaultdict
 
 import httpx
-import pytest
 
 from tests.conftest import Api, admin_key, pg_schema_url
 from tests.receivers import Receiver

@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 
-from tests.receivers import Receiver
 from tests.test_push_support import delivered_ids, eventually, make_push, orders, rows_of, setup_orders, stamped
 
 NEEDS_PUSHING = [{"name": "needs pushing", "formula": "is_empty({last pushed}) or {last modified [auto]} > {last pushed}"}]
-
-
-@pytest.fixture
-def receiver():
-    with Receiver() as rx:
-        yield rx
 
 
 def test_modified_since_last_pushed_does_not_loop(api, receiver):

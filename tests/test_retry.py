@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -127,12 +126,6 @@ def test_status_for(failures: int, enabled: bool, status: str) -> None:
 def test_a_nonsense_policy_is_invalid(kwargs: dict[str, object]) -> None:
     with pytest.raises(Invalid):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
 
 
 @pytest.mark.asyncio

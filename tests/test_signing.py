@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -85,12 +84,6 @@ def test_webhook_ids_are_unique_and_sort_in_creation_order() -> None:
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
     assert all(i.startswith("msg_") and len(i) == 30 for i in ids)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
 
 
 @pytest.mark.asyncio

@@ -1066,7 +1066,7 @@ class _Compiler:
         if "null" in (lt, rt):
             raise self.error(f"{what} with null is never true; use IS EMPTY or IS NOT EMPTY", pos)
         if "json" in (lt, rt):
-            raise self.error(f"json fields cannot be compared; use IS EMPTY or IS NOT EMPTY", pos)
+            raise self.error("json fields cannot be compared; use IS EMPTY or IS NOT EMPTY", pos)
         if "interval" in (lt, rt):
             raise self.error("an interval can only be added to or subtracted from a date or datetime", pos)
         if lt in _NUMERIC and rt in _NUMERIC:

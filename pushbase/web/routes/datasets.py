@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ... import dataset_rows, datasets, ingest
 from ...keys import Principal
-from ..common import JSONAnswer, StoredId, principal, read_body, read_object, settings_of, store_of, threaded
+from ..common import JSONAnswer, StoredId, principal, read_body, read_object, store_of, threaded
 
 router = APIRouter(tags=["datasets"])
 
