@@ -22,8 +22,8 @@ API_KEY = "key-9876543210"
 ITEMS = [{"id": i, "name": f"item {i}"} for i in range(1, 6)]
 
 
-class FakeApi:
-    """A small REST API: login issuing a token, paged data requiring it, and misbehaving endpoints."""
+class LocalApi:
+    """A real REST API on 127.0.0.1 (aiohttp): login issuing a token, paged data requiring it, and misbehaving endpoints."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -161,8 +161,8 @@ class FakeApi:
 
 
 @pytest_asyncio.fixture
-async def api() -> AsyncIterator[FakeApi]:
-    server = FakeApi()
+async def api() -> AsyncIterator[LocalApi]:
+    server = LocalApi()
     await server.start()
     try:
         yield server
@@ -198,7 +198,7 @@ class Loader:
         return {"jobId": f"job-{len(self.calls)}", "status": self.status, "rows_received": len(rows)}
 
 
-def task(api: FakeApi, *steps: dict[str, Any], **extra: Any) -> TaskSpec:
+def task(api: LocalApi, *steps: dict[str, Any], **extra: Any) -> TaskSpec:
     def absolute(step: dict[str, Any]) -> dict[str, Any]:
         url = step["url"]
         return {**step, "url": api.url + url if url.startswith("/") else url}
@@ -217,7 +217,7 @@ SECRETS = {"API_PW": PASSWORD, "API_KEY": API_KEY, "UNUSED": "never-read-value"}
 # --- chaining and loading -----------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_login_then_use_the_token_then_load_the_result(api: FakeApi, client: OutboundClient) -> None:
+async def test_login_then_use_the_token_then_load_the_result(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         LOGIN,
@@ -249,7 +249,7 @@ async def test_login_then_use_the_token_then_load_the_result(api: FakeApi, clien
 
 
 @pytest.mark.asyncio
-async def test_secrets_never_reach_the_record_in_any_form(api: FakeApi, client: OutboundClient) -> None:
+async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         {
@@ -284,7 +284,7 @@ async def test_secrets_never_reach_the_record_in_any_form(api: FakeApi, client: 
 
 
 @pytest.mark.asyncio
-async def test_params_defaults_and_native_values_in_bodies(api: FakeApi, client: OutboundClient) -> None:
+async def test_params_defaults_and_native_values_in_bodies(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         {
@@ -308,7 +308,7 @@ async def test_params_defaults_and_native_values_in_bodies(api: FakeApi, client:
 
 
 @pytest.mark.asyncio
-async def test_form_bodies_and_every_method(api: FakeApi, client: OutboundClient) -> None:
+async def test_form_bodies_and_every_method(api: LocalApi, client: OutboundClient) -> None:
     steps = [
         {"name": f"m_{method.lower()}", "method": method, "url": "/echo", "form": {"a": "1", "rows": [{"x": 1}], "many": ["p", "q"], "n": 3}}
         for method in ("POST", "PUT", "PATCH", "DELETE")
@@ -326,7 +326,7 @@ async def test_form_bodies_and_every_method(api: FakeApi, client: OutboundClient
 
 
 @pytest.mark.asyncio
-async def test_view_rows_feed_a_step(api: FakeApi, client: OutboundClient) -> None:
+async def test_view_rows_feed_a_step(api: LocalApi, client: OutboundClient) -> None:
     calls: list[str] = []
 
     def view_rows(name: str) -> list[dict[str, Any]]:
@@ -346,7 +346,7 @@ async def test_view_rows_feed_a_step(api: FakeApi, client: OutboundClient) -> No
 # --- pagination -----------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_pages_through_next_urls_absolute_and_relative(api: FakeApi, client: OutboundClient) -> None:
+async def test_pages_through_next_urls_absolute_and_relative(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         LOGIN,
@@ -371,7 +371,7 @@ async def test_pages_through_next_urls_absolute_and_relative(api: FakeApi, clien
 
 
 @pytest.mark.asyncio
-async def test_pages_with_a_page_parameter_until_a_page_is_empty(api: FakeApi, client: OutboundClient) -> None:
+async def test_pages_with_a_page_parameter_until_a_page_is_empty(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         {"name": "fetch", "url": "/paged", "paginate": {"page_param": "page", "size": 2, "size_param": "per_page", "items": "{{ response.data.results }}"}},
@@ -387,7 +387,7 @@ async def test_pages_with_a_page_parameter_until_a_page_is_empty(api: FakeApi, c
 
 
 @pytest.mark.asyncio
-async def test_pages_with_an_offset_until_the_answer_is_empty(api: FakeApi, client: OutboundClient) -> None:
+async def test_pages_with_an_offset_until_the_answer_is_empty(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         {"name": "fetch", "url": "/offset", "params": {"limit": 2}, "paginate": {"offset_param": "offset", "size": 2}},
@@ -404,7 +404,7 @@ async def test_pages_with_an_offset_until_the_answer_is_empty(api: FakeApi, clie
 
 
 @pytest.mark.asyncio
-async def test_paging_stops_at_max_pages(api: FakeApi, client: OutboundClient) -> None:
+async def test_paging_stops_at_max_pages(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "fetch", "url": "/endless", "paginate": {"next_url": "{{ response.data.next }}", "max_pages": 3, "items": "{{ response.data.results }}"}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "succeeded"
@@ -414,7 +414,7 @@ async def test_paging_stops_at_max_pages(api: FakeApi, client: OutboundClient) -
 
 
 @pytest.mark.asyncio
-async def test_a_failing_page_fails_the_step(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_failing_page_fails_the_step(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "fetch", "url": "/cursor", "paginate": {"next_url": "{{ response.data.next }}"}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed"
@@ -424,7 +424,7 @@ async def test_a_failing_page_fails_the_step(api: FakeApi, client: OutboundClien
 # --- failures -------------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_non_2xx_stops_the_run_at_that_step(api: FakeApi, client: OutboundClient) -> None:
+async def test_non_2xx_stops_the_run_at_that_step(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "first", "url": "/echo"}, {"name": "broken", "url": "/fail"}, {"name": "never", "url": "/echo"}, load={"dataset": "d", "rows": "{{ first.data }}"})
     loader = Loader()
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=loader)
@@ -439,7 +439,7 @@ async def test_non_2xx_stops_the_run_at_that_step(api: FakeApi, client: Outbound
 
 
 @pytest.mark.asyncio
-async def test_continue_on_error_lets_later_steps_see_the_failure(api: FakeApi, client: OutboundClient) -> None:
+async def test_continue_on_error_lets_later_steps_see_the_failure(api: LocalApi, client: OutboundClient) -> None:
     spec = task(
         api,
         {"name": "broken", "url": "/fail", "continue_on_error": True},
@@ -453,7 +453,7 @@ async def test_continue_on_error_lets_later_steps_see_the_failure(api: FakeApi, 
 
 
 @pytest.mark.asyncio
-async def test_a_non_json_answer_fails_unless_text_is_expected(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_non_json_answer_fails_unless_text_is_expected(api: LocalApi, client: OutboundClient) -> None:
     result = await run_task(task(api, {"name": "html_page", "url": "/html"}), sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed"
     assert result.error is not None and result.error["step"] == "html_page"
@@ -466,14 +466,14 @@ async def test_a_non_json_answer_fails_unless_text_is_expected(api: FakeApi, cli
 
 
 @pytest.mark.asyncio
-async def test_an_empty_answer_is_null_data(api: FakeApi, client: OutboundClient) -> None:
+async def test_an_empty_answer_is_null_data(api: LocalApi, client: OutboundClient) -> None:
     result = await run_task(task(api, {"name": "gone", "url": "/empty"}), sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "succeeded"
     assert result.to_json()["steps"][0]["status"] == 204 and result.to_json()["steps"][0]["data"] is None
 
 
 @pytest.mark.asyncio
-async def test_a_timeout_fails_the_step(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_timeout_fails_the_step(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "slow", "url": "/hang", "timeout": "300ms"}, {"name": "never", "url": "/echo"})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed"
@@ -483,7 +483,7 @@ async def test_a_timeout_fails_the_step(api: FakeApi, client: OutboundClient) ->
 
 
 @pytest.mark.asyncio
-async def test_a_template_error_stops_the_run_before_sending(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_template_error_stops_the_run_before_sending(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, LOGIN, {"name": "fetch", "url": "/rates", "headers": {"Authorization": "Bearer {{ login.data.missing }}"}})
     result = await run_task(spec, sender=client, params={}, secrets=SECRETS, view_rows=None, load_rows=None)
     assert result.status == "failed"
@@ -503,7 +503,7 @@ async def test_a_template_error_stops_the_run_before_sending(api: FakeApi, clien
         ("/echo?x={{ params.where.nope }}", "'str object' has no attribute 'nope'"),
     ],
 )
-async def test_run_time_template_failures_are_clear(api: FakeApi, client: OutboundClient, url: str, reason: str) -> None:
+async def test_run_time_template_failures_are_clear(api: LocalApi, client: OutboundClient, url: str, reason: str) -> None:
     spec = task(api, {"name": "s", "url": url})
     result = await run_task(spec, sender=client, params={"where": "ftp://x"}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed"
@@ -513,7 +513,7 @@ async def test_run_time_template_failures_are_clear(api: FakeApi, client: Outbou
 
 
 @pytest.mark.asyncio
-async def test_a_body_that_cannot_be_json_fails_the_step(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_body_that_cannot_be_json_fails_the_step(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "s", "method": "POST", "url": "/echo", "json": {"n": "{{ 2 ** 70 }}"}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed" and result.error is not None
@@ -522,7 +522,7 @@ async def test_a_body_that_cannot_be_json_fails_the_step(api: FakeApi, client: O
 
 
 @pytest.mark.asyncio
-async def test_private_addresses_are_refused_unless_allowed(api: FakeApi) -> None:
+async def test_private_addresses_are_refused_unless_allowed(api: LocalApi) -> None:
     spec = task(api, {"name": "local", "url": "/echo", "retries": 3})
     sleeps = Sleeps()
     async with OutboundClient(allow_private=False) as strict:
@@ -536,7 +536,7 @@ async def test_private_addresses_are_refused_unless_allowed(api: FakeApi) -> Non
 # --- retries ----------------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_retries_honour_retry_after(api: FakeApi, client: OutboundClient) -> None:
+async def test_retries_honour_retry_after(api: LocalApi, client: OutboundClient) -> None:
     sleeps = Sleeps()
     spec = task(api, {"name": "limited", "url": "/limited", "retries": 3, "retry_backoff": "1s"})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None, sleep=sleeps)
@@ -547,7 +547,7 @@ async def test_retries_honour_retry_after(api: FakeApi, client: OutboundClient) 
 
 
 @pytest.mark.asyncio
-async def test_retries_back_off_and_give_up(api: FakeApi, client: OutboundClient) -> None:
+async def test_retries_back_off_and_give_up(api: LocalApi, client: OutboundClient) -> None:
     sleeps = Sleeps()
     spec = task(api, {"name": "flaky", "url": "/flaky", "retries": 2, "retry_backoff": "500ms"})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None, sleep=sleeps)
@@ -565,7 +565,7 @@ async def test_retries_back_off_and_give_up(api: FakeApi, client: OutboundClient
 
 
 @pytest.mark.asyncio
-async def test_a_non_json_answer_is_not_retried(api: FakeApi, client: OutboundClient) -> None:
+async def test_a_non_json_answer_is_not_retried(api: LocalApi, client: OutboundClient) -> None:
     sleeps = Sleeps()
     result = await run_task(task(api, {"name": "html_page", "url": "/html", "retries": 3}), sender=client, params={}, secrets={}, view_rows=None, load_rows=None, sleep=sleeps)
     assert result.status == "failed" and sleeps.waits == [] and api.paths() == ["/html"]
@@ -592,7 +592,7 @@ def test_retry_decisions() -> None:
 # --- records -----------------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_large_data_is_capped_in_the_record_but_whole_for_later_steps(api: FakeApi, client: OutboundClient) -> None:
+async def test_large_data_is_capped_in_the_record_but_whole_for_later_steps(api: LocalApi, client: OutboundClient) -> None:
     spec = task(api, {"name": "big", "url": "/big"}, {"name": "count", "url": "/echo", "params": {"n": "{{ big.data.rows | length }}"}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "succeeded"
@@ -603,7 +603,7 @@ async def test_large_data_is_capped_in_the_record_but_whole_for_later_steps(api:
 
 
 @pytest.mark.asyncio
-async def test_the_run_result_is_json(api: FakeApi, client: OutboundClient) -> None:
+async def test_the_run_result_is_json(api: LocalApi, client: OutboundClient) -> None:
     result = await run_task(task(api, {"name": "one", "url": "/echo"}), sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     body = orjson.loads(dumped(result))
     assert set(body) == {"status", "error", "steps", "load", "params", "started_at", "finished_at", "duration_ms"}
@@ -621,7 +621,7 @@ def test_credential_names() -> None:
 # --- load ----------------------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_load_failures_fail_the_run(api: FakeApi, client: OutboundClient) -> None:
+async def test_load_failures_fail_the_run(api: LocalApi, client: OutboundClient) -> None:
     base = {"name": "fetch", "url": "/echo"}
 
     result = await run_task(task(api, base, load={"dataset": "d", "rows": "{{ fetch.data }}"}), sender=client, params={}, secrets={}, view_rows=None, load_rows=Loader("ErrorExit"))
