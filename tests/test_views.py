@@ -236,3 +236,18 @@ def test_streams_refuse_page_parameters_instead_of_ignoring_them(orders, fmt, pa
     r = orders.get("/api/views/all/rows", params={"format": fmt, **param})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
     assert next(iter(param)) in r.json()["error"]["message"]
+
+
+def test_an_equality_filter_reads_rows_in_page_order_without_sorting(orders, store):
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite's one-column index already ends with the rowid")
+    from pushbase.views.store import get_view, view_query
+
+    orders.post("/api/views", json={"name": "c1", "dataset": "orders", "filters": [{"field": "customer", "op": "equals", "value": "c1"}]})
+    with store.read() as conn:
+        query = view_query(store, get_view(store, "c1", conn), conn).select().limit(100)
+        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+        plan = repr(conn.exec_driver_sql("EXPLAIN " + sql).all())
+    assert "Index" in plan and "Sort" not in plan, plan

@@ -186,11 +186,23 @@ class Store:
         conn.execute(sa.text(f'DROP TABLE IF EXISTS "ds_{int(dataset_id)}"'))
 
     def ensure_index(self, conn: sa.Connection, ds: DatasetColumns, col: str) -> None:
-        """An index on one physical column (log-time fields, filtered columns); idempotent."""
-        name = f"ds_{ds.id}_{col}"
-        if not any(ix["name"] == name for ix in sa.inspect(conn).get_indexes(f"ds_{ds.id}")):
-            table = self.dataset_table(ds)
-            sa.Index(name, table.c[col]).create(conn)
+        """An index for filters and sorts on one physical column (log-time fields, filtered columns).
+
+        Views order by row id within equal values (ties, and the default order), so PostgreSQL gets
+        ``(col, _id)``: an equality or IS NULL filter then reads its rows already in page order, with no
+        sort. SQLite's index entries end with the rowid (``_id``) anyway. Idempotent; an older
+        one-column index on PostgreSQL is kept rather than doubled."""
+        names = {ix["name"] for ix in sa.inspect(conn).get_indexes(f"ds_{ds.id}")}
+        single = f"ds_{ds.id}_{col}"
+        if single in names:
+            return
+        table = self.dataset_table(ds)
+        if self.dialect == "postgresql":
+            composite = f"ds_{ds.id}_{col}__id"
+            if composite not in names:
+                sa.Index(composite, table.c[col], table.c._id).create(conn)
+        else:
+            sa.Index(single, table.c[col]).create(conn)
 
 
 class _Checkpointer:
