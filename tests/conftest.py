@@ -78,6 +78,15 @@ def store(db_url: str) -> Iterator[Store]:
     opened.close()
 
 
+@pytest.fixture
+def pg_store() -> Iterator[Store]:
+    """A store on PostgreSQL only, for what only PostgreSQL has (LISTEN/NOTIFY, storage settings)."""
+    with fresh_pg_schema() as schema:
+        opened = open_store(pg_schema_url(schema))
+        yield opened
+        opened.close()
+
+
 class Api:
     """A TestClient bound to one key, with the helpers tests keep needing."""
 

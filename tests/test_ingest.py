@@ -321,12 +321,10 @@ def test_upsert_finds_existing_rows_inside_and_outside_the_payload_key_range(ord
     assert rows == {10: "a", 20: "b", 30: "C", 40: None, 50: None, 60: None}
 
 
-def test_postgresql_stores_job_bodies_uncompressed(store):
-    if store.dialect != "postgresql":
-        pytest.skip("a PostgreSQL storage setting")
+def test_postgresql_stores_job_bodies_uncompressed(pg_store):
     import sqlalchemy as sa
 
-    with store.read() as conn:
+    with pg_store.read() as conn:
         storage = conn.execute(sa.text("SELECT attstorage FROM pg_attribute WHERE attrelid = 'pb_jobs'::regclass AND attname = 'body'")).scalar()
     assert storage == "e"
 

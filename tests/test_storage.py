@@ -44,9 +44,8 @@ def test_rolled_back_transaction_wakes_nobody(store: Store) -> None:
     assert "never" not in heard
 
 
-def test_postgresql_listener_delivers_own_notifications_once(store: Store) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) -> None:
+    store = pg_store
     heard: list[str] = []
     arrived = threading.Event()
 
