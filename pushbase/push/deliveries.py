@@ -48,7 +48,7 @@ from ..storage.schema import views as views_table
 from ..views.query import ViewQuery
 from .definitions import Push, get_push, next_allowed_at, push_from_parts, utc_day
 from .formats import Batch, BatchCutter, content_type
-from .prepared import Prepared
+from ..storage.prepared import Prepared
 from .retry import Decision, Disable, RetryAt, Success
 from .signing import new_webhook_id
 

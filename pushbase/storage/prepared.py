@@ -1,4 +1,4 @@
-"""The push engine's hot statements, compiled once per dialect and run on the DBAPI cursor.
+"""Hot statements compiled once per dialect and run on the DBAPI cursor (used by the push engine).
 
 A push call runs about ten small statements; through ``Connection.execute`` SQLAlchemy's per-execution
 work (cache key, execution context, result metadata) costs more than SQLite takes to run them. A
@@ -9,9 +9,8 @@ transaction the ``Store`` began. Statements stay written as SQLAlchemy Core, so 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
 import collections
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 
