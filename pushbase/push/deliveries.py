@@ -48,7 +48,7 @@ from ..storage.schema import views as views_table
 from ..views.query import ViewQuery
 from .definitions import Push, get_push, next_allowed_at, push_from_parts, utc_day
 from .formats import Batch, BatchCutter, content_type
-from ..storage.prepared import Prepared
+from ..storage.prepared import PreparedStatement
 from .retry import Decision, Disable, RetryAt, Success
 from .signing import new_webhook_id
 
@@ -85,13 +85,13 @@ _STAMP_CHUNK_PG = 10_000
 _PROBE_ROWS = 2000
 
 
-# The statements of every call, built once and run as ``Prepared`` (compiled once per dialect, run on
+# The statements of every call, built once and run as ``PreparedStatement`` (compiled once per dialect, run on
 # the DBAPI cursor): SQLAlchemy's per-execution work costs more than running them on SQLite.
 # Parameters are bound by name at each execution.
 _P = sa.bindparam
 _VIEW_OF_PUSH = sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.definition).where(views_table.c.id == _P("view_id"))
 # What tells whether a cached target is still current: a changed view or dataset has a new updated_at.
-_TARGET_VERSION = Prepared(
+_TARGET_VERSION = PreparedStatement(
     sa.select(views_table.c.name, views_table.c.dataset_id, views_table.c.updated_at, datasets_table.c.updated_at.label("dataset_updated_at"))
     .select_from(views_table.join(datasets_table, datasets_table.c.id == views_table.c.dataset_id))
     .where(views_table.c.id == _P("view_id"))
@@ -119,9 +119,9 @@ _PUSH_ROW_SELECT = (
     )
     .where(pushes_table.c.id == _P("push_id"))
 )
-_PUSH_ROW = Prepared(_PUSH_ROW_SELECT)
-_PUSH_ROW_LOCKED = Prepared(_PUSH_ROW_SELECT.with_for_update(skip_locked=True, of=pushes_table))
-_PUSH_EXISTS = Prepared(sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id")))
+_PUSH_ROW = PreparedStatement(_PUSH_ROW_SELECT)
+_PUSH_ROW_LOCKED = PreparedStatement(_PUSH_ROW_SELECT.with_for_update(skip_locked=True, of=pushes_table))
+_PUSH_EXISTS = PreparedStatement(sa.select(pushes_table.c.id).where(pushes_table.c.id == _P("push_id")))
 _FIRST_PENDING = (
     sa.select(deliveries_table)
     .where(deliveries_table.c.push_id == _P("push_id"), deliveries_table.c.status == "pending")
@@ -135,15 +135,15 @@ _INSERT_DELIVERY_STMT = (
     .values({name: _P(name) for name in ("push_id", "webhook_id", "status", "row_count", "row_keys", "body", "content_type", "attempts", "trigger", "created_at")})
     .returning(deliveries_table.c.id)
 )
-_INSERT_DELIVERY = Prepared(_INSERT_DELIVERY_STMT)
+_INSERT_DELIVERY = PreparedStatement(_INSERT_DELIVERY_STMT)
 _LEASE_STMT = pushes_table.update().where(pushes_table.c.id == _P("push_id")).values(lease_owner=_P("owner"), lease_expires_at=_P("expires"))
-_LEASE = Prepared(_LEASE_STMT)
+_LEASE = PreparedStatement(_LEASE_STMT)
 _LEASE_AND_RUN_STMT = _LEASE_STMT.values(last_run_at=_P("run_at"))
-_LEASE_AND_RUN = Prepared(_LEASE_AND_RUN_STMT)
+_LEASE_AND_RUN = PreparedStatement(_LEASE_AND_RUN_STMT)
 # PostgreSQL, a claim that cut one batch: the lease and the delivery in one statement (one round trip).
-_INSERT_DELIVERY_AND_LEASE = Prepared(_INSERT_DELIVERY_STMT.add_cte(_LEASE_AND_RUN_STMT.cte("pb_lease")))
+_INSERT_DELIVERY_AND_LEASE = PreparedStatement(_INSERT_DELIVERY_STMT.add_cte(_LEASE_AND_RUN_STMT.cte("pb_lease")))
 # What ``record`` needs to know: the push's counters and lease holder, and the delivery's state.
-_STATE = Prepared(
+_STATE = PreparedStatement(
     sa.select(
         pushes_table.c.enabled,
         pushes_table.c.consecutive_failures,
@@ -156,8 +156,8 @@ _STATE = Prepared(
     .select_from(pushes_table.join(deliveries_table, deliveries_table.c.push_id == pushes_table.c.id))
     .where(pushes_table.c.id == _P("push_id"), deliveries_table.c.id == _P("delivery_id"))
 )
-_DELIVERY_BY_ID = Prepared(sa.select(deliveries_table).where(deliveries_table.c.id == _P("delivery_id")))
-_DELIVERED = Prepared(
+_DELIVERY_BY_ID = PreparedStatement(sa.select(deliveries_table).where(deliveries_table.c.id == _P("delivery_id")))
+_DELIVERED = PreparedStatement(
     deliveries_table.update()
     .where(deliveries_table.c.id == _P("delivery_id"))
     .values(status="succeeded", attempts=_P("attempts"), finished_at=_P("at"), rows_stamped=_P("stamped"))
@@ -175,8 +175,8 @@ _SUCCEEDED = (
         status=_P("status"),
     )
 )
-_SUCCEEDED_AND_RELEASED = Prepared(_SUCCEEDED.values(lease_owner=None, lease_expires_at=None))
-_SUCCEEDED_ONLY = Prepared(_SUCCEEDED)
+_SUCCEEDED_AND_RELEASED = PreparedStatement(_SUCCEEDED.values(lease_owner=None, lease_expires_at=None))
+_SUCCEEDED_ONLY = PreparedStatement(_SUCCEEDED)
 
 
 class LeaseLost(Exception):
@@ -220,7 +220,7 @@ class Target:
     any_row: sa.Select  # does the view select anything? (no order, one row)
     stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
     log_col: str  # the log-time field's physical column
-    first_rows_raw: Prepared | None = None  # ``first_rows`` run on the cursor
+    first_rows_raw: PreparedStatement | None = None  # ``first_rows`` run on the cursor
     _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
 
     def succeed_sql(self, conn: sa.Connection, released: bool) -> str:
@@ -333,7 +333,7 @@ def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], lo
         # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
         .values({log_col: sa.bindparam("k_value")})
     )
-    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col, Prepared(first_rows))
+    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col, PreparedStatement(first_rows))
 
 
 # ---------------------------------------------------------------------------------------------

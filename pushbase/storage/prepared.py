@@ -2,7 +2,7 @@
 
 A push call runs about ten small statements; through ``Connection.execute`` SQLAlchemy's per-execution
 work (cache key, execution context, result metadata) costs more than SQLite takes to run them. A
-``Prepared`` statement keeps what SQLAlchemy would do that matters for correctness — the SQL string
+``PreparedStatement`` keeps what SQLAlchemy would do that matters for correctness — the SQL string
 of the dialect, each parameter's bind processor (datetimes, JSON, booleans as each engine stores them)
 and each result column's result processor — and runs it on the connection's DBAPI cursor, inside the
 transaction the ``Store`` began. Statements stay written as SQLAlchemy Core, so the SQL is the same.
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 
-__all__ = ["Prepared"]
+__all__ = ["PreparedStatement"]
 
 
 class _Compiled:
@@ -69,7 +69,7 @@ class _Compiled:
         return self.tuple._make(v if p is None or v is None else p(v) for p, v in zip(self.results, raw))
 
 
-class Prepared:
+class PreparedStatement:
     """One statement (SQLAlchemy Core, bound parameters by name), run through the DBAPI cursor."""
 
     def __init__(self, stmt: sa.ClauseElement) -> None:
