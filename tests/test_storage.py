@@ -6,7 +6,9 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from pushbase.storage import Store
+from pushbase.storage import NeedsConnection, Store
+from pushbase.storage.prepared import PreparedStatement
+from pushbase.storage.schema import meta
 from pushbase.storage.listen import PgListener
 
 
@@ -42,6 +44,44 @@ def test_rolled_back_transaction_wakes_nobody(store: Store) -> None:
             store.notify(conn, "pushbase_data", "never")
             raise RuntimeError("roll back")
     assert "never" not in heard
+
+
+_INSERT_META = PreparedStatement(meta.insert().values(key=sa.bindparam("k"), value=sa.bindparam("v")))
+
+
+def test_a_light_write_commits_then_wakes_listeners(store: Store) -> None:
+    seen: list[int] = []
+
+    def on_notify(channel: str, payload: str) -> None:
+        if channel == "pushbase_data" and payload == "light":
+            seen.append(_count_meta(store, "light"))
+
+    store.add_listener(on_notify)
+    try:
+        with store.light_write() as conn:
+            _INSERT_META.run(conn, {"k": "light", "v": "1"})
+            store.notify(conn, "pushbase_data", "light")
+            assert seen == []  # not before the commit
+    finally:
+        store.remove_listener(on_notify)
+    assert seen == [1]
+
+
+def test_a_light_write_that_needs_sqlalchemy_is_rolled_back_and_the_writer_goes_on(store: Store) -> None:
+    heard: list[str] = []
+    store.add_listener(lambda channel, payload: heard.append(payload))
+    with pytest.raises(NeedsConnection):
+        with store.light_write() as conn:
+            _INSERT_META.run(conn, {"k": "half", "v": "1"})
+            store.notify(conn, "pushbase_data", "half")
+            conn.execute(sa.text("SELECT 1"))
+    assert _count_meta(store, "half") == 0 and "half" not in heard
+    # The connection went back to the pool without a transaction open: the next writers work.
+    with store.write() as conn:
+        conn.execute(sa.text("INSERT INTO pb_meta (key, value) VALUES ('after', '1')"))
+    with store.light_write() as conn:
+        _INSERT_META.run(conn, {"k": "after-light", "v": "1"})
+    assert _count_meta(store, "after") == 1 and _count_meta(store, "after-light") == 1
 
 
 def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) -> None:

@@ -39,7 +39,7 @@ from ..errors import Invalid, NotFound
 from ..leases import owner_is_dead
 from ..outbound import Attempt
 from ..rows import decode_cursor, encode_cursor
-from ..storage import Store, codecs
+from ..storage import NeedsConnection, Store, codecs
 from ..storage.schema import datasets as datasets_table
 from ..storage.schema import deliveries as deliveries_table
 from ..storage.schema import pushes as pushes_table
@@ -366,43 +366,55 @@ def claim(
     pending — cut the view into new ones. Returns None when the push is gone or disabled; the time its
     lease expires when another worker holds it; ``NotYet`` when the rate limit says wait (a run by hand
     ignores it)."""
-    now = utc_now()
+    # Usually every statement is a prepared one (a cached target, one batch): a light transaction.
+    try:
+        with store.light_write() as conn:
+            return _claim(store, conn, push_id, owner, targets, manual, trigger)
+    except NeedsConnection:
+        pass
     with store.write() as conn:
-        locked = _PUSH_ROW_LOCKED if store.dialect == "postgresql" else _PUSH_ROW
-        row = locked.first(conn, {"push_id": push_id})
-        if row is None:
-            # Gone, or locked this instant by another worker claiming it (PostgreSQL).
-            exists = _PUSH_EXISTS.first(conn, {"push_id": push_id})
-            return now + dt.timedelta(seconds=1) if exists else None
-        if not row.enabled and not manual:
-            return None
-        held = (
-            row.lease_owner is not None
-            and row.lease_owner != owner
-            and row.lease_expires_at is not None
-            and row.lease_expires_at > now
-            and not owner_is_dead(row.lease_owner)  # a process on this host that is gone (kill -9)
-        )
-        if held:
-            return row.lease_expires_at  # type: ignore[no-any-return]
-        push, target = targets.load(store, conn, row)
-        first = None if row.pb_pending_id is None else _delivery(_DELIVERY_BY_ID.first(conn, {"delivery_id": row.pb_pending_id}))
-        if not manual:
-            due = next_allowed_at(push, now, pending=first is not None)
-            if due is not None:
-                return NotYet(due)
-        lease = {"push_id": push_id, "owner": owner, "expires": now + dt.timedelta(seconds=LEASE_SECONDS)}
-        if first is not None:
-            _LEASE.run(conn, lease)
-            return Claimed(push, target, [first], more=True, cut=False)
-        # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
-        # meanwhile, and when the view selects nothing no lease is taken (no write at all).
-        made = _cut(store, conn, push, target, trigger, {**lease, "run_at": now})
-        if not made.made:
-            return Claimed(push, target, [], more=False, cut=True, leased=False)
-        if not made.leased:
-            _LEASE_AND_RUN.run(conn, {**lease, "run_at": now})
-        return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
+        return _claim(store, conn, push_id, owner, targets, manual, trigger)
+
+
+def _claim(
+    store: Store, conn: Any, push_id: int, owner: str, targets: TargetCache, manual: bool, trigger: str
+) -> Claimed | NotYet | None | dt.datetime:
+    now = utc_now()
+    locked = _PUSH_ROW_LOCKED if store.dialect == "postgresql" else _PUSH_ROW
+    row = locked.first(conn, {"push_id": push_id})
+    if row is None:
+        # Gone, or locked this instant by another worker claiming it (PostgreSQL).
+        exists = _PUSH_EXISTS.first(conn, {"push_id": push_id})
+        return now + dt.timedelta(seconds=1) if exists else None
+    if not row.enabled and not manual:
+        return None
+    held = (
+        row.lease_owner is not None
+        and row.lease_owner != owner
+        and row.lease_expires_at is not None
+        and row.lease_expires_at > now
+        and not owner_is_dead(row.lease_owner)  # a process on this host that is gone (kill -9)
+    )
+    if held:
+        return row.lease_expires_at  # type: ignore[no-any-return]
+    push, target = targets.load(store, conn, row)
+    first = None if row.pb_pending_id is None else _delivery(_DELIVERY_BY_ID.first(conn, {"delivery_id": row.pb_pending_id}))
+    if not manual:
+        due = next_allowed_at(push, now, pending=first is not None)
+        if due is not None:
+            return NotYet(due)
+    lease = {"push_id": push_id, "owner": owner, "expires": now + dt.timedelta(seconds=LEASE_SECONDS)}
+    if first is not None:
+        _LEASE.run(conn, lease)
+        return Claimed(push, target, [first], more=True, cut=False)
+    # Cut first: the row lock (PostgreSQL) or the write lock (SQLite) keeps other workers out
+    # meanwhile, and when the view selects nothing no lease is taken (no write at all).
+    made = _cut(store, conn, push, target, trigger, {**lease, "run_at": now})
+    if not made.made:
+        return Claimed(push, target, [], more=False, cut=True, leased=False)
+    if not made.leased:
+        _LEASE_AND_RUN.run(conn, {**lease, "run_at": now})
+    return Claimed(replace(push, last_run_at=now), target, made.deliveries, more=made.more, cut=True)
 
 
 def renew(store: Store, push_id: int, owner: str) -> bool:
@@ -645,59 +657,73 @@ def record(
     The lease is given up in the same transaction after a failure, and after a success when
     ``release_when_done`` (the engine knows nothing else of the push is pending).
     """
-    now = utc_now()
+    if isinstance(decision, Success):
+        # A success runs prepared statements only: a light transaction (failures are rare, and
+        # written through SQLAlchemy).
+        try:
+            with store.light_write() as conn:
+                return _record(store, conn, push, target, delivery, attempt, decision, owner, release_when_done)
+        except NeedsConnection:
+            pass
     with store.write() as conn:
-        current = row = _STATE.first(conn, {"push_id": push.id, "delivery_id": delivery.id})
-        if current is None:
-            return Recorded("gone")  # the push, or this delivery of it, was deleted
-        if row.status != "pending":
-            # Another worker finished it (our lease had expired): leave its result alone.
-            return Recorded(row.status)
-        attempts = [*(row.attempts or []), _attempt_json(attempt, decision)]
-        if len(attempts) > MAX_ATTEMPTS_KEPT:
-            attempts = attempts[:1] + attempts[-(MAX_ATTEMPTS_KEPT - 1) :]
-        day = utc_day(now)
-        calls = ((current.calls_today or 0) if current.calls_day == day else 0) + 1
-        enabled = bool(current.enabled)
-        holds = current.lease_owner == owner
-        release = {"lease_owner": None, "lease_expires_at": None}
-        push_values: dict[str, Any] = {"calls_day": day, "calls_today": calls}
-        policy = push.retry_policy
-        if isinstance(decision, Success):
-            released = release_when_done and holds
-            done = {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)}
-            if store.dialect == "postgresql" and len(delivery.row_keys) <= _STAMP_CHUNK_PG:
-                value = _stamp_value(store, delivery.row_keys, now)
-                stamped = _succeed_pg(conn, target, delivery.row_keys, value, {**done, "delivery_id": delivery.id, "attempts": attempts}, released)
-            else:
-                stamped = _stamp(store, conn, target, delivery.row_keys, now)
-                _DELIVERED.run(conn, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
-                (_SUCCEEDED_AND_RELEASED if released else _SUCCEEDED_ONLY).run(conn, done)
-            # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
-            publish_in(
-                store,
-                conn,
-                push.view_name,
-                {"push": push.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
-            )
-            after = replace(push, enabled=enabled, consecutive_failures=0, retry_at=None, last_error=None, last_success_at=now, calls_day=day, calls_today=calls)
-            return Recorded("succeeded", stamped, now, released=released, push=after)
-        failures = (current.consecutive_failures or 0) + 1
-        conn.execute(deliveries_table.update().where(deliveries_table.c.id == delivery.id).values(attempts=attempts))
-        if holds:
-            push_values.update(release)  # the engine stops after a failure
-        if isinstance(decision, Disable):
-            push_values.update(
-                enabled=False, status="disabled", disabled_reason=decision.reason, last_error=decision.reason, consecutive_failures=failures, retry_at=None
-            )
-            conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-            after = replace(push, enabled=False, consecutive_failures=failures, retry_at=None, calls_day=day, calls_today=calls)
-            return Recorded("disabled", released=holds, push=after)
-        assert isinstance(decision, RetryAt)
-        push_values.update(consecutive_failures=failures, retry_at=decision.at, last_error=decision.reason, status=policy.status_for(failures, enabled))
+        return _record(store, conn, push, target, delivery, attempt, decision, owner, release_when_done)
+
+
+def _record(
+    store: Store, conn: Any, push: Push, target: Target, delivery: Delivery, attempt: Attempt, decision: Decision, owner: str, release_when_done: bool
+) -> Recorded:
+    now = utc_now()
+    current = row = _STATE.first(conn, {"push_id": push.id, "delivery_id": delivery.id})
+    if current is None:
+        return Recorded("gone")  # the push, or this delivery of it, was deleted
+    if row.status != "pending":
+        # Another worker finished it (our lease had expired): leave its result alone.
+        return Recorded(row.status)
+    attempts = [*(row.attempts or []), _attempt_json(attempt, decision)]
+    if len(attempts) > MAX_ATTEMPTS_KEPT:
+        attempts = attempts[:1] + attempts[-(MAX_ATTEMPTS_KEPT - 1) :]
+    day = utc_day(now)
+    calls = ((current.calls_today or 0) if current.calls_day == day else 0) + 1
+    enabled = bool(current.enabled)
+    holds = current.lease_owner == owner
+    release = {"lease_owner": None, "lease_expires_at": None}
+    push_values: dict[str, Any] = {"calls_day": day, "calls_today": calls}
+    policy = push.retry_policy
+    if isinstance(decision, Success):
+        released = release_when_done and holds
+        done = {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)}
+        if store.dialect == "postgresql" and len(delivery.row_keys) <= _STAMP_CHUNK_PG:
+            value = _stamp_value(store, delivery.row_keys, now)
+            stamped = _succeed_pg(conn, target, delivery.row_keys, value, {**done, "delivery_id": delivery.id, "attempts": attempts}, released)
+        else:
+            stamped = _stamp(store, conn, target, delivery.row_keys, now)
+            _DELIVERED.run(conn, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
+            (_SUCCEEDED_AND_RELEASED if released else _SUCCEEDED_ONLY).run(conn, done)
+        # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
+        publish_in(
+            store,
+            conn,
+            push.view_name,
+            {"push": push.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
+        )
+        after = replace(push, enabled=enabled, consecutive_failures=0, retry_at=None, last_error=None, last_success_at=now, calls_day=day, calls_today=calls)
+        return Recorded("succeeded", stamped, now, released=released, push=after)
+    failures = (current.consecutive_failures or 0) + 1
+    conn.execute(deliveries_table.update().where(deliveries_table.c.id == delivery.id).values(attempts=attempts))
+    if holds:
+        push_values.update(release)  # the engine stops after a failure
+    if isinstance(decision, Disable):
+        push_values.update(
+            enabled=False, status="disabled", disabled_reason=decision.reason, last_error=decision.reason, consecutive_failures=failures, retry_at=None
+        )
         conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
-        after = replace(push, enabled=enabled, consecutive_failures=failures, retry_at=decision.at, calls_day=day, calls_today=calls)
-        return Recorded("pending", at=decision.at, released=holds, push=after)
+        after = replace(push, enabled=False, consecutive_failures=failures, retry_at=None, calls_day=day, calls_today=calls)
+        return Recorded("disabled", released=holds, push=after)
+    assert isinstance(decision, RetryAt)
+    push_values.update(consecutive_failures=failures, retry_at=decision.at, last_error=decision.reason, status=policy.status_for(failures, enabled))
+    conn.execute(pushes_table.update().where(pushes_table.c.id == push.id).values(**push_values))
+    after = replace(push, enabled=enabled, consecutive_failures=failures, retry_at=decision.at, calls_day=day, calls_today=calls)
+    return Recorded("pending", at=decision.at, released=holds, push=after)
 
 
 # ---------------------------------------------------------------------------------------------
