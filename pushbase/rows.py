@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import itertools
 import re
 from typing import Any, Callable, Iterable, Sequence
 
+import msgspec
 import orjson
 
 from .errors import BadRequest
 from .storage import codecs
 
 __all__ = [
-    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text",
+    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON",
 ]
 
 DEFAULT_PAGE = 1000
@@ -67,6 +69,20 @@ class RowDecoder:
             if value is not None:
                 out[name] = decode(value)
         return out
+
+
+JSON = msgspec.json.Encoder()
+
+
+@functools.lru_cache(maxsize=256)
+def _row_struct(names: tuple[str, ...]) -> Any:
+    """A struct type whose JSON is an object with ``names`` as keys, in order (None if names repeat)."""
+    if len(set(names)) != len(names):
+        return None
+    attrs = [f"f{i}" for i in range(len(names))]
+    # Attribute names are generated; rename gives the user's field names, whatever they are. No
+    # reference cycles can go through a row, so it need not be tracked by the garbage collector.
+    return msgspec.defstruct("ViewRow", attrs, rename=dict(zip(attrs, names)), gc=False)
 
 
 def csv_value(value: Any) -> Any:
@@ -123,13 +139,19 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
 class RowEncoder:
     """Result tuples ``(_id, v1, v2 ...)`` as the pull API writes them: JSON objects, NDJSON lines or
     CSV lines. The query converts what it can in SQL (``codecs.output_sql``); ``convert`` lists the
-    fields still to convert here, as (position in the tuple, function from a non-null value)."""
+    fields still to convert here, as (position in the tuple, function from a non-null value).
+
+    JSON is written through a msgspec struct made for the field names (``json_page``, ``ndjson``):
+    building a struct from a tuple and encoding it cost about a quarter of a dict and ``orjson.dumps``
+    per row, and msgspec also writes integers beyond 64 bits (from ``json`` values) exactly."""
 
     def __init__(self, names: Sequence[str], convert: Sequence[tuple[int, Callable[[Any], Any]]] = ()) -> None:
         self.names = tuple(names)
         self.convert = list(convert)
+        self._struct = _row_struct(self.names)
 
     def objects(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """The rows as dicts, for Python consumers (push bodies, task templates)."""
         names = self.names
         out = list(map(dict, map(zip, itertools.repeat(names), rows)))
         for index, fn in self.convert:
@@ -140,9 +162,23 @@ class RowEncoder:
                     obj[name] = fn(value)
         return out
 
+    def structs(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """The rows as values that ``JSON.encode`` writes as the same objects as ``objects``."""
+        if self._struct is None:
+            return self.objects(rows)
+        if not rows:
+            return []
+        width = len(self.names)
+        if not self.convert and len(rows[0]) == width:
+            return list(itertools.starmap(self._struct, rows))
+        # A column at a time; columns past the names (a page's sort values) are left out, as zip does.
+        columns: list[Sequence[Any]] = list(zip(*rows))[:width]
+        for index, fn in self.convert:
+            columns[index] = [None if value is None else fn(value) for value in columns[index]]
+        return list(map(self._struct, *columns))
+
     def ndjson(self, rows: Sequence[Sequence[Any]]) -> bytes:
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        return b"".join([dumps(obj, option=newline) for obj in self.objects(rows)])
+        return JSON.encode_lines(self.structs(rows))
 
     def csv_header(self) -> bytes:
         return csv_text([self.names]).encode()

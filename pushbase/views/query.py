@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-import orjson
 import sqlalchemy as sa
 
 from ..columns import SYSTEM_FIELDS, validator_for
 from ..datasets import Dataset, suggest
 from ..errors import Invalid
-from ..rows import RowDecoder, RowEncoder, decode_cursor, encode_cursor, page_limit
+from ..rows import JSON, RowDecoder, RowEncoder, decode_cursor, encode_cursor, page_limit
 from ..storage import Store, codecs, cursors
 from .filters import parse_filters
 from .formulas import FieldRef, compile_calculations
@@ -229,17 +228,17 @@ class ViewQuery:
 
     def page_json(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> bytes:
         """One page, ``{"rows": [objects], "next": cursor or null}``, as JSON. The rows are read in
-        batches, turned into objects while PostgreSQL sends the next batch (``cursors.bounded``), and
-        written by one ``orjson.dumps`` (a dumps per batch, joined, cost the server more)."""
+        batches, turned into row structs while PostgreSQL sends the next batch (``cursors.bounded``),
+        and written by one encode (an encode per batch, joined, cost the server more)."""
         query, size, seen = self._page_query(limit, after)
         encoder = self.encoder("json")
         batches = self._page_batches(conn, query, size, seen)
-        objects: list[dict[str, Any]] = []
+        objects: list[Any] = []
         while True:
             try:
-                objects += encoder.objects(next(batches))
+                objects += encoder.structs(next(batches))
             except StopIteration as stop:
-                return orjson.dumps({"rows": objects, "next": stop.value})
+                return JSON.encode({"rows": objects, "next": stop.value})
 
     def output_rows(self, conn: sa.Connection, fmt: str, batch: int | None = None) -> Iterator[list[Sequence[Any]]]:
         """Every row of the view as result tuples for ``encoder(fmt)``, in batches, in constant memory."""
