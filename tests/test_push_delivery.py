@@ -323,7 +323,7 @@ def test_each_delivered_call_is_published_to_the_view_stream(api, store, receive
     # publish events of views with the same name, so this call's event is found by its webhook-id.
     webhook_id = receiver.requests[0].headers["webhook-id"]
     event = eventually(lambda: next((e for e in heard if e["webhook_id"] == webhook_id), None))
-    assert event["view"] == "to_push" and event["push"] == "out" and event["rows"] == 2 and event["at"]
+    assert event["view"] == "to_push" and event["push"] == "out" and event["rows"] == 2 and event["rows_stamped"] == 2 and event["at"]
 
 
 def test_a_run_by_hand_and_the_worker_never_work_a_push_at_once(api, receiver):

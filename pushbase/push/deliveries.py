@@ -43,6 +43,7 @@ from ..storage import NeedsConnection, Store, codecs
 from ..storage.schema import datasets as datasets_table
 from ..storage.schema import deliveries as deliveries_table
 from ..storage.schema import pushes as pushes_table
+from ..subscriptions import CHANNEL as VIEW_EVENTS
 from ..subscriptions import publish_in
 from ..storage.schema import views as views_table
 from ..views.query import ViewQuery
@@ -226,7 +227,8 @@ class Target:
     def succeed_sql(self, conn: sa.Connection, released: bool) -> str:
         """PostgreSQL: the stamp, the delivery's success and the push's counters as one statement
         (data-modifying CTEs); parameters ``v``, ``ids``, ``ms``, ``delivery_id``, ``attempts``, ``at``,
-        ``push_id``, ``day``, ``calls``, ``status``. Returns one row: the count of rows stamped."""
+        ``push_id``, ``day``, ``calls``, ``status``, and the view event's NOTIFY (``channel``, and the
+        payload around the count: ``head``, ``tail``). Returns one row: the count of rows stamped."""
         key = f"succeed:{released}"
         found = self._compiled.get(key)
         if found is None:
@@ -239,7 +241,7 @@ class Target:
                 "rows_stamped = (SELECT c FROM n) WHERE id = %(delivery_id)s) "
                 f"UPDATE {quote(pushes_table.name)} SET calls_day = %(day)s, calls_today = %(calls)s, last_success_at = %(at)s, "
                 f"consecutive_failures = 0, retry_at = NULL, last_error = NULL, status = %(status)s{release} "
-                "WHERE id = %(push_id)s RETURNING (SELECT c FROM n)"
+                "WHERE id = %(push_id)s RETURNING (SELECT c FROM n), pg_notify(%(channel)s, %(head)s || (SELECT c FROM n) || %(tail)s)"
             )
             found = self._compiled[key] = (sql, None)
         return found[0]
@@ -588,24 +590,45 @@ def _stamp_value(store: Store, keys: list[list[int]], at: dt.datetime) -> Any:
     return max(at, codecs.micros_to_datetime(latest)) if store.dialect == "postgresql" else max(codecs.datetime_to_micros(at), latest)
 
 
-def _succeed_pg(conn: sa.Connection, target: Target, keys: list[list[int]], value: dt.datetime, params: dict[str, Any], released: bool) -> int:
-    """PostgreSQL, after a 2xx: stamp the rows, mark the delivery succeeded and update the push in one
-    statement (one round trip instead of three). The same three statements as the general path: the
-    stamp (``Target.stamp_sql``) matches ``_id`` and ``_modified``; the count of rows it stamped goes
-    into the delivery. Returns that count."""
+_STAMPED_SLOT = -727400000017  # stands for the count of rows stamped in a view event's payload
+
+
+def _succeed_pg(
+    store: Store, conn: Any, target: Target, keys: list[list[int]], value: dt.datetime, params: dict[str, Any], released: bool, view: str, event: dict[str, Any]
+) -> int:
+    """PostgreSQL, after a 2xx: stamp the rows, mark the delivery succeeded, update the push and
+    publish the view's event in one statement (one round trip instead of four). The same statements
+    as the general path: the stamp (``Target.stamp_sql``) matches ``_id`` and ``_modified``; the count
+    of rows it stamped goes into the delivery and into the event (``publish_in``'s payload, the count
+    spliced in by the database). Returns that count."""
     sql = target.succeed_sql(conn, released)
+    payload = orjson.dumps({**event, "rows_stamped": _STAMPED_SLOT, "view": view}).decode()
+    head, tail = payload.split(f'"rows_stamped":{_STAMPED_SLOT}')
+    head += '"rows_stamped":'
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(
             sql,
-            {**params, "v": value, "ids": [k[0] for k in keys], "ms": [codecs.micros_to_datetime(k[1]) for k in keys], "attempts": orjson.dumps(params["attempts"]).decode()},
+            {
+                **params,
+                "v": value,
+                "ids": [k[0] for k in keys],
+                "ms": [codecs.micros_to_datetime(k[1]) for k in keys],
+                "attempts": orjson.dumps(params["attempts"]).decode(),
+                "channel": VIEW_EVENTS,
+                "head": head,
+                "tail": tail,
+            },
         )
         found = cursor.fetchone()
     finally:
         cursor.close()
     if found is None:
         raise LeaseLost(params["push_id"])  # the push is gone (cannot be: it was read in this transaction)
-    return int(found[0])
+    stamped = int(found[0])
+    # The NOTIFY is sent: only this process's own listeners are left (when it does not hear it back).
+    store.notify(conn, VIEW_EVENTS, f"{head}{stamped}{tail}", sent=True)
+    return stamped
 
 
 def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[int]], at: dt.datetime) -> int:
@@ -692,20 +715,17 @@ def _record(
     if isinstance(decision, Success):
         released = release_when_done and holds
         done = {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)}
+        # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
+        event = {"push": push.name, "rows": delivery.row_count, "rows_stamped": 0, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()}
         if store.dialect == "postgresql" and len(delivery.row_keys) <= _STAMP_CHUNK_PG:
             value = _stamp_value(store, delivery.row_keys, now)
-            stamped = _succeed_pg(conn, target, delivery.row_keys, value, {**done, "delivery_id": delivery.id, "attempts": attempts}, released)
+            params = {**done, "delivery_id": delivery.id, "attempts": attempts}
+            stamped = _succeed_pg(store, conn, target, delivery.row_keys, value, params, released, push.view_name, event)
         else:
             stamped = _stamp(store, conn, target, delivery.row_keys, now)
             _DELIVERED.run(conn, {"delivery_id": delivery.id, "attempts": attempts, "at": now, "stamped": stamped})
             (_SUCCEEDED_AND_RELEASED if released else _SUCCEEDED_ONLY).run(conn, done)
-        # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
-        publish_in(
-            store,
-            conn,
-            push.view_name,
-            {"push": push.name, "rows": delivery.row_count, "rows_stamped": stamped, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()},
-        )
+            publish_in(store, conn, push.view_name, {**event, "rows_stamped": stamped})
         after = replace(push, enabled=enabled, consecutive_failures=0, retry_at=None, last_error=None, last_success_at=now, calls_day=day, calls_today=calls)
         return Recorded("succeeded", stamped, now, released=released, push=after)
     failures = (current.consecutive_failures or 0) + 1

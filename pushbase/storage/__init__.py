@@ -168,13 +168,14 @@ class Store:
             return select.with_for_update(skip_locked=True)
         return select
 
-    def notify(self, conn: sa.Connection | LightConnection, channel: str, payload: str = "") -> None:
+    def notify(self, conn: sa.Connection | LightConnection, channel: str, payload: str = "", *, sent: bool = False) -> None:
         """Wake workers and subscribers once ``conn``'s transaction (from ``write()``) commits.
 
         PostgreSQL: NOTIFY, which the database sends on commit to every listening process. In-process
         listeners are called after the commit, unless this process's PgListener will hear the NOTIFY.
+        ``sent``: a statement of the transaction already called ``pg_notify`` with this payload.
         """
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and not sent:
             if isinstance(conn, LightConnection):
                 cursor = conn.connection.dbapi_connection.cursor()
                 try:
@@ -183,8 +184,8 @@ class Store:
                     cursor.close()
             else:
                 conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
-            if self.hears_own_notifications:
-                return
+        if self.dialect == "postgresql" and self.hears_own_notifications:
+            return
         pending = conn.info.get(_PENDING_NOTIFICATIONS)
         if pending is None:
             raise RuntimeError("Store.notify needs a connection from Store.write()")
