@@ -23,8 +23,9 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -79,6 +80,62 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"push": self.push, "status": self.status, "rows": self.rows, "rows_stamped": self.rows_stamped, "deliveries": self.deliveries}
+
+
+class _DbThreads:
+    """The engine's database work, in a few threads. A job is one queue put and its answer one
+    ``call_soon_threadsafe``: ``run_in_executor``'s concurrent future, its lock and its chained
+    callbacks cost the event loop about twice as much, twice per call."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if len(self._threads) < self._size:
+            self._start()
+        self._jobs.put((loop, future, fn))
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            while len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, future, fn = job
+            if future.cancelled():  # its awaiter is gone (the engine is stopping): not started at all
+                continue
+            try:
+                result, error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - handed to the awaiter
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_settle_future, future, result, error)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _Runner:
@@ -154,7 +211,7 @@ class PushEngine:
         self.owner = new_owner("push")
         self._client = client
         self._own_client = client is None
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="pushbase-push")
+        self._threads = _DbThreads(threads, "pushbase-push")
         self._runners: dict[int, _Runner] = {}
         self._targets = db.TargetCache()
         # Enabled pushes by the dataset their view reads: data wake-ups look here, not in the database.
@@ -198,7 +255,7 @@ class PushEngine:
         if self._own_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
-        self._executor.shutdown(wait=False)
+        self._threads.shutdown()
 
     @property
     def client(self) -> OutboundClient:
@@ -207,8 +264,7 @@ class PushEngine:
         return self._client
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._threads.submit(functools.partial(fn, *args, **kwargs))
 
     # -- wake-ups ---------------------------------------------------------------------------------
 
@@ -232,34 +288,22 @@ class PushEngine:
                 if runner is not None and runner.missed:
                     runner.wake()
             else:
-                asyncio.get_running_loop().create_task(self._wake_push(push_id))
+                # Notifications come after their commit (``Store.notify``): the push can look at once.
+                self.wake(push_id)
         elif payload.isdigit():
-            # Notifications that come together are settled and looked up together.
+            by_dataset = self._by_dataset
+            if by_dataset is not None and not self._data_waking:
+                for push_id in by_dataset.get(int(payload), ()):
+                    self.wake(push_id, linger=True)
+                return
+            # The pushes of each dataset have to be read first: notifications that come meanwhile
+            # are looked up together.
             self._data_pending.add(int(payload))
             if not self._data_waking:
                 self._data_waking = True
                 asyncio.get_running_loop().create_task(self._wake_datasets())
 
-    def _settle(self) -> None:
-        """Wait until the transaction that sent a notification has committed.
-
-        ``Store.notify`` may call local listeners just *before* the database commits, so a read made at
-        once might not see the change yet. On SQLite every write holds the one write connection until
-        it has committed: taking it is the wait. (On PostgreSQL the NOTIFY arrives after the commit.)
-        """
-        if self.store.dialect == "sqlite":
-            with self.store.write_engine.connect():
-                pass
-
-    async def _wake_push(self, push_id: int) -> None:
-        with contextlib.suppress(Exception):
-            await self._db(self._settle)
-        self.wake(push_id)
-
     async def _wake_datasets(self) -> None:
-        # No settle here: nothing below reads the new rows. The runner's claim is a write, which on
-        # SQLite waits for the notifying transaction to let go of the one write connection, and on
-        # PostgreSQL the NOTIFY comes after the commit.
         datasets, self._data_pending = self._data_pending, set()
         self._data_waking = False
         try:
