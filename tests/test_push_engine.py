@@ -107,3 +107,20 @@ def test_a_claim_cuts_and_leases_in_one_go_and_the_record_gives_the_lease_up(sto
     assert pending == [claimed.deliveries[0].id]
     # The same view and dataset give the same compiled target.
     assert db.claim(store, push_id, "worker-a", targets).target is claimed.target  # type: ignore[union-attr]
+
+
+def test_the_engine_database_threads_answer_results_and_errors_and_start_again_after_a_shutdown():
+    import asyncio
+
+    from pushbase.push.engine import _DbThreads
+
+    async def main() -> None:
+        threads = _DbThreads(2, "test-db")
+        assert await threads.submit(lambda: 42) == 42
+        with pytest.raises(ZeroDivisionError):
+            await threads.submit(lambda: 1 / 0)
+        threads.shutdown()
+        assert await asyncio.wait_for(threads.submit(lambda: "again"), 10) == "again"
+        threads.shutdown()
+
+    asyncio.run(main())

@@ -119,14 +119,17 @@ class _DbThreads:
                 continue
             try:
                 result, error = fn(), None
-            except Exception as exc:  # noqa: BLE001 - handed to the awaiter
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiter, which must not hang
                 result, error = None, exc
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(_settle_future, future, result, error)
 
     def shutdown(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        """The threads end once the jobs queued before are done; a later job starts new ones."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+            for _ in threads:
+                self._jobs.put(None)
 
 
 def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
