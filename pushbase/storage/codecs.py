@@ -132,7 +132,8 @@ def decoder(dialect: str, column_type: str) -> Callable[[Any], Any]:
 
 
 # SQL constants (never user text), as literal SQL so that the statements have no extra parameters.
-_SQLITE_SECONDS_FORMAT = sa.literal_column("'%Y-%m-%dT%H:%M:%S'")
+_SPACE = sa.literal_column("' '")
+_T = sa.literal_column("'T'")
 _SQLITE_UNIXEPOCH = sa.literal_column("'unixepoch'")
 _SQLITE_FRACTION_FORMAT = sa.literal_column("'.%06dZ'")
 _PG_ISO_FORMAT = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
@@ -147,7 +148,8 @@ def _sqlite_iso(expr: Any) -> Any:
     """Microseconds since the epoch -> the text of ``_dec_micros``, in SQL (also before 1970)."""
     fraction = (expr % _MILLION + _MILLION) % _MILLION  # 0..999999 before 1970 too (% truncates)
     seconds = (expr - fraction) // _MILLION  # exact: a multiple of 1,000,000
-    text = sa.func.strftime(_SQLITE_SECONDS_FORMAT, seconds, _SQLITE_UNIXEPOCH, type_=sa.Text())
+    # datetime() and a space made a 'T' cost a sixth less than strftime with a format (callgrind).
+    text = sa.func.replace(sa.func.datetime(seconds, _SQLITE_UNIXEPOCH, type_=sa.Text()), _SPACE, _T, type_=sa.Text())
     return text.op("||", return_type=sa.Text())(sa.func.printf(_SQLITE_FRACTION_FORMAT, fraction, type_=sa.Text()))
 
 
