@@ -113,3 +113,36 @@ def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) ->
         listener.stop()
         store.remove_listener(on_notify)
     assert heard == ["once-1", "once-end"]
+
+
+def _backend_pid(store: Store) -> int:
+    with store.read() as conn:
+        return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
+@pytest.mark.parametrize("transaction", ["read", "write", "light_write"])
+def test_a_pooled_connection_the_server_ended_is_replaced_not_used(pg_store: Store, transaction: str) -> None:
+    """A restart or ``pg_terminate_backend`` ends the pool's connections; the next transaction must get
+    a live one (the check at checkout), not fail on the dead one."""
+    import psycopg
+
+    from .conftest import PG_URL
+
+    pid = _backend_pid(pg_store)
+    assert _backend_pid(pg_store) == pid, "the pool hands out its one idle connection again"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0] is True
+        for _ in range(500):  # until the backend has gone (its farewell is then on the socket)
+            if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0] == 0:
+                break
+            threading.Event().wait(0.01)
+    if transaction == "read":
+        assert _backend_pid(pg_store) != pid
+    elif transaction == "write":
+        with pg_store.write() as conn:
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+    else:
+        with pg_store.light_write() as light:
+            cursor = light.connection.dbapi_connection.cursor()
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] != pid
