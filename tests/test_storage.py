@@ -115,6 +115,45 @@ def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) ->
     assert heard == ["once-1", "once-end"]
 
 
+def test_postgresql_sends_every_notification_of_a_transaction_at_its_commit(pg_store: Store) -> None:
+    """A transaction's NOTIFYs go out together before its commit (in statements of 500): all of them
+    arrive, in order, from write() and light_write(); a rolled-back transaction's never do."""
+    store = pg_store
+    heard: list[str] = []
+    arrived = threading.Event()
+
+    def on_notify(channel: str, payload: str) -> None:
+        if channel == "pushbase_data" and payload.startswith("many-"):
+            heard.append(payload)
+            if payload == "many-end":
+                arrived.set()
+
+    store.add_listener(on_notify)
+    listener = PgListener(store)
+    listener.start()
+    try:
+        for _ in range(200):
+            if store.hears_own_notifications:
+                break
+            threading.Event().wait(0.05)
+        assert store.hears_own_notifications
+        with store.write() as conn:
+            for i in range(1201):
+                store.notify(conn, "pushbase_data", f"many-{i}")
+        with pytest.raises(RuntimeError):
+            with store.write() as conn:
+                store.notify(conn, "pushbase_data", "many-rolled-back")
+                raise RuntimeError("roll back")
+        with store.light_write() as light:
+            store.notify(light, "pushbase_data", "many-light")
+            store.notify(light, "pushbase_data", "many-end")
+        assert arrived.wait(10)
+    finally:
+        listener.stop()
+        store.remove_listener(on_notify)
+    assert heard == [f"many-{i}" for i in range(1201)] + ["many-light", "many-end"]
+
+
 def _backend_pid(store: Store) -> int:
     with store.read() as conn:
         return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
