@@ -218,9 +218,12 @@ def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
     if isinstance(value, int):
-        if abs(value) < 2**63:
-            return float(value) if abs(value) >= 2**53 else value  # type: ignore[return-value]
-        raise ValueError("number out of range")
+        if abs(value) < 2**53:
+            return value  # type: ignore[return-value]
+        try:
+            return float(value)  # a number is a 64-bit float: a long integer is read as the nearest one
+        except OverflowError:
+            raise ValueError("number out of range") from None
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("expected a finite number")
@@ -246,7 +249,26 @@ def _datetime(value: Any) -> dt.datetime:
     raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:30:00Z")
 
 
+def _long_integer(value: Any) -> int | None:
+    """The first integer in a JSON value beyond the 64-bit range, if any."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is int:
+            if not -(2**63) <= item < 2**63:
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def _json(value: Any) -> Any:
+    long = _long_integer(value)
+    if long is not None:
+        # Stored, it would come back as a float: refuse it rather than change it.
+        raise ValueError(f"a JSON value may hold integers within the 64-bit range; {long} is not (send it as a string)")
     if isinstance(value, (dict, list, str)) and "\\u0000" in orjson.dumps(value).decode():
         raise ValueError("JSON text may not contain the NUL character (U+0000)")
     return value

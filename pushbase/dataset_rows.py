@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from .columns import flatten_row, modification_time, validator_for
 from .datasets import Dataset, get_dataset
 from .errors import Invalid, NotFound
+from .loading import excerpt
 from .rows import RowDecoder, decode_cursor, encode_cursor, page_limit
 from .storage import Store, codecs
 
@@ -64,7 +65,7 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
             try:
                 column = dataset.column(name)
             except Invalid as exc:
-                errors.append({"column": name, "message": exc.message, "value": value})
+                errors.append({"column": name, "message": exc.message, "value": excerpt(value)})
                 continue
             if value is None:
                 if name in dataset.unique_id:
@@ -74,7 +75,7 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
             try:
                 values[column.col] = codecs.encoder(store.dialect, column.type)(validator_for(column.type)(value))
             except ValueError as exc:
-                errors.append({"column": name, "message": str(exc), "value": value, "expected": column.type})
+                errors.append({"column": name, "message": str(exc), "value": excerpt(value), "expected": column.type})
         if errors:
             raise Invalid("the update does not match the dataset; nothing was changed", code="invalid_row", details=errors)
         table = store.dataset_table(dataset.physical)

@@ -33,6 +33,7 @@ from .datasets import Dataset, get_dataset, get_dataset_by_id
 from .errors import BadRequest, Invalid, NotFound, Unsupported
 from . import loading
 from .leases import new_owner, owner_is_dead
+from .rows import loads_exact
 from .loading import JobFailed
 from .storage import Store
 from .storage.schema import jobs as jobs_table
@@ -75,7 +76,7 @@ def parse_payload(body: bytes, content_type: str | None, *, operation: str = "lo
             if not line.strip():
                 continue
             try:
-                items.append(orjson.loads(line))
+                items.append(loads_exact(line))
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"NDJSON line {number} is not valid JSON: {exc}", code="malformed_json", details={"line": number}) from None
         return items
@@ -88,7 +89,7 @@ def parse_payload(body: bytes, content_type: str | None, *, operation: str = "lo
     if not body.strip():
         raise BadRequest("the body is empty; send a JSON array, a JSON object or NDJSON", code="empty_body")
     try:
-        value = orjson.loads(body)
+        value = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON (UTF-8): {exc}", code="malformed_json") from None
     if isinstance(value, list):

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from .columns import flatten_row, modification_time, validator_for
 from .datasets import Dataset
+from .rows import JSON, may_hold_long_integers
 from .storage import Store, codecs
 
 __all__ = [
@@ -98,11 +99,15 @@ EXPECTED = {
 
 
 def excerpt(value: Any) -> Any:
+    """A refused value as an error shows it: long text cut, objects and arrays as JSON text, and an
+    integer beyond 64 bits as its digits (every JSON writer here reads it exactly that way)."""
     if isinstance(value, str) and len(value) > 200:
         return value[:200] + "…"
     if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
+        text = JSON.encode(value).decode()
         return text if len(text) <= 200 else text[:200] + "…"
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        return str(value)
     return value
 
 
@@ -149,7 +154,8 @@ def _fast_ok(column_type: str, values: list[Any]) -> bool:
     if column_type == "number":
         if not all(type(v) is float or type(v) is int or v is None for v in values):
             return False
-        return all(math.isfinite(v) for v in values if type(v) is float)
+        # A long integer (beyond 64 bits, read exactly) goes to the validator, which makes it a float.
+        return all(math.isfinite(v) if type(v) is float else -(2**63) <= v < 2**63 for v in values if v is not None)
     if column_type == "boolean":
         return all(type(v) is bool or v is None for v in values)
     return False
@@ -302,11 +308,18 @@ def _micros(value: dt.datetime | None) -> int | None:
     return None if value is None else codecs.datetime_to_micros(_utc(value))
 
 
+class _LongInteger(Exception):
+    """A json value may hold an integer beyond 64 bits: the typed path leaves the payload to the general one."""
+
+
 def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> tuple[Any, ...] | list[Any] | None:
     """Decoded values -> what the DBAPI writes; ``None`` when the column needs no conversion.
     One comprehension per column: these run for every row of every payload."""
     if column_type == "json":
-        return [None if v is None else bytes(v).decode() for v in values]
+        texts = [None if v is None else bytes(v) for v in values]
+        if any(may_hold_long_integers(t) for t in texts if t is not None):
+            raise _LongInteger  # the general path reads such integers exactly, and refuses them
+        return [None if t is None else t.decode() for t in texts]
     if column_type == "datetime" and dialect == "sqlite":
         try:
             # The common case: every value has a UTC offset (aware), none missing. The arithmetic of
@@ -366,7 +379,10 @@ def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:
     del structs, value
     for i, column in enumerate(dataset.columns):
         if column.type in ("json", "datetime", "date", "boolean"):
-            converted = _convert_column(store.dialect, column.type, columns[i])
+            try:
+                converted = _convert_column(store.dialect, column.type, columns[i])
+            except _LongInteger:
+                return None
             if converted is not None:
                 columns[i] = converted
     checked = Checked(columns, count)

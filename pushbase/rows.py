@@ -21,7 +21,7 @@ from .errors import BadRequest
 from .storage import codecs
 
 __all__ = [
-    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON",
+    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON", "loads_exact", "may_hold_long_integers",
 ]
 
 DEFAULT_PAGE = 1000
@@ -72,6 +72,29 @@ class RowDecoder:
 
 
 JSON = msgspec.json.Encoder()
+
+# An integer beyond 64 bits has at least 19 digits; only then can orjson's reading (a float) differ.
+# Every digit made a "0", a run of 19 digits is a plain substring search (a regex took ten times longer).
+_DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else i for i in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def may_hold_long_integers(data: bytes) -> bool:
+    """False when no integer in this JSON text can be beyond 64 bits (none has 19 digits)."""
+    return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZERO)
+
+
+def loads_exact(data: bytes) -> Any:
+    """Parse JSON from a client like ``orjson.loads`` (its errors and its depth limit), except that
+    integers beyond 64 bits stay exact integers, where orjson reads them as floats: the checks can then
+    name the value and refuse it, instead of something else being stored than was sent."""
+    value = orjson.loads(data)
+    if may_hold_long_integers(data):
+        try:
+            return msgspec.json.decode(data)
+        except RecursionError:  # deeper than Python's recursion limit, within orjson's: keep orjson's
+            return value
+    return value
 
 
 @functools.lru_cache(maxsize=256)

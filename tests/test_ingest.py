@@ -358,3 +358,56 @@ def test_the_202_tells_the_status_the_job_was_recorded_with(orders):
     assert orders.get(f"/api/datasets/orders/data/{bad.json()['jobId']}/status").json()["status"] == "ErrorExit"
     good = orders.post("/api/datasets/orders/data", json=[{"order_id": 1}])
     assert good.status_code == 202 and good.json()["status"] == "Initializing"
+
+
+LONG = 123456789012345678901234567890  # beyond 64 bits: JSON allows it, a float cannot hold it exactly
+
+
+def _post_raw(api, body: bytes, content_type: str = "application/json") -> dict:
+    r = api.post("/api/datasets/orders/data?wait=true", content=body, headers={"content-type": content_type})
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_a_json_value_with_an_integer_beyond_64_bits_is_refused_not_changed(orders, content_type):
+    """Such a value was stored and then read back as 1.2345678901234568e29: now the job fails, naming it."""
+    body = b'{"order_id": 1, "meta": {"n": %d, "ok": 1}}' % LONG
+    doc = _post_raw(orders, body + b"\n" if content_type.endswith("ndjson") else body, content_type)
+    assert doc["status"] == "ErrorExit" and doc["rows_inserted"] == 0
+    [error] = doc["errors"]
+    assert error["row"] == 0 and error["column"] == "meta" and str(LONG) in error["message"]
+    assert orders.get("/api/datasets/orders/rows").json()["rows"] == []
+
+
+def test_integers_at_the_64_bit_edge_and_long_digit_strings_in_json_round_trip_exactly(orders):
+    """The edge values are kept; a 25-digit string (not a number) takes the careful path and loads."""
+    meta = {"max": 2**63 - 1, "min": -(2**63), "text": str(LONG), "list": [str(LONG), 2**63 - 1]}
+    doc = _post_raw(orders, orjson.dumps([{"order_id": 1, "meta": meta}]))
+    assert doc["status"] == "Complete", doc
+    [row] = orders.get("/api/datasets/orders/rows").json()["rows"]
+    assert row["meta"] == meta
+
+
+def test_an_integer_column_names_the_long_value_exactly(orders):
+    doc = _post_raw(orders, b'[{"order_id": %d}]' % LONG)
+    assert doc["status"] == "ErrorExit"
+    [error] = doc["errors"]
+    assert error["column"] == "order_id" and error["value"] == str(LONG), error  # was 1.2345678901234568e+29
+
+
+def test_a_long_integer_in_a_number_column_is_the_nearest_number(orders):
+    doc = _post_raw(orders, b'[{"order_id": 1, "total": %d}]' % LONG)
+    assert doc["status"] == "Complete", doc
+    [row] = orders.get("/api/datasets/orders/rows").json()["rows"]
+    assert row["total"] == float(LONG)
+
+
+def test_patching_a_json_value_with_a_long_integer_is_a_422_naming_it(orders):
+    assert orders.load("orders", [{"order_id": 1, "meta": {"n": 1}}])["status"] == "Complete"
+    [row] = orders.get("/api/datasets/orders/rows").json()["rows"]
+    r = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", content=b'{"meta": {"n": %d}}' % LONG,
+                     headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert str(LONG) in r.text
+    assert orders.get("/api/datasets/orders/rows").json()["rows"][0]["meta"] == {"n": 1}

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest, PushbaseError, TooLarge
 from ..keys import Principal, authenticate
+from ..rows import loads_exact
 from ..settings import Settings
 from ..storage import Store
 
@@ -77,7 +78,7 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
             return {}
         raise BadRequest("the body is empty; send a JSON object", code="empty_body")
     try:
-        return orjson.loads(body)
+        return loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON (UTF-8): {exc}", code="malformed_json") from None
 
