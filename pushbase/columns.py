@@ -37,6 +37,9 @@ __all__ = [
     "validate_object_name",
     "validator_for",
     "utc_now",
+    "INT64_MIN",
+    "INT64_MAX",
+    "fits_int64",
 ]
 
 COLUMN_TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "json")
@@ -202,11 +205,18 @@ def _string(value: Any) -> str:
     raise ValueError("expected a string")
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what an integer column (and an integer in a json value) holds
+
+
+def fits_int64(value: int) -> bool:
+    return INT64_MIN <= value <= INT64_MAX
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected an integer")
     if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
+        if fits_int64(value):
             return value
         raise ValueError("integer out of the 64-bit range")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
@@ -255,7 +265,7 @@ def _long_integer(value: Any) -> int | None:
     while stack:
         item = stack.pop()
         if type(item) is int:
-            if not -(2**63) <= item < 2**63:
+            if not fits_int64(item):
                 return item
         elif isinstance(item, dict):
             stack.extend(item.values())

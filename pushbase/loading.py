@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 
-from .columns import flatten_row, modification_time, validator_for
+from .columns import INT64_MAX, INT64_MIN, fits_int64, flatten_row, modification_time, validator_for
 from .datasets import Dataset
 from .rows import JSON, may_hold_long_integers
 from .storage import Store, codecs
@@ -40,7 +40,6 @@ __all__ = [
 
 MAX_ERRORS_LISTED = 100
 _LOOKUP_CHUNK = 2000
-_INT64 = (-(2**63), 2**63 - 1)
 _ROWS_PER_INSERT = 100
 _MAX_PARAMS = 30_000  # SQLite allows 32,766 bound parameters per statement
 
@@ -106,7 +105,7 @@ def excerpt(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         text = JSON.encode(value).decode()
         return text if len(text) <= 200 else text[:200] + "…"
-    if type(value) is int and not -(2**63) <= value < 2**63:
+    if type(value) is int and not fits_int64(value):
         return str(value)
     return value
 
@@ -150,12 +149,12 @@ def _fast_ok(column_type: str, values: list[Any]) -> bool:
         if not all(type(v) is int or v is None for v in values):
             return False
         present = [v for v in values if v is not None]
-        return not present or (_INT64[0] <= min(present) and max(present) <= _INT64[1])
+        return not present or (INT64_MIN <= min(present) and max(present) <= INT64_MAX)
     if column_type == "number":
         if not all(type(v) is float or type(v) is int or v is None for v in values):
             return False
         # A long integer (beyond 64 bits, read exactly) goes to the validator, which makes it a float.
-        return all(math.isfinite(v) if type(v) is float else -(2**63) <= v < 2**63 for v in values if v is not None)
+        return all(math.isfinite(v) if type(v) is float else fits_int64(v) for v in values if v is not None)
     if column_type == "boolean":
         return all(type(v) is bool or v is None for v in values)
     return False
@@ -269,7 +268,7 @@ def check_keys(store: Store, dataset: Dataset, items: Sequence[Any]) -> list[tup
 # The typed fast path: decode and check a JSON body in one pass with msgspec
 
 
-_INT = Annotated[int, msgspec.Meta(ge=_INT64[0], le=_INT64[1])]
+_INT = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 _PYTHON_TYPES: dict[str, Any] = {
     "string": str,
     "integer": _INT,

@@ -1,7 +1,9 @@
 """Store wake-ups: listeners hear a notification once, and only after its transaction committed."""
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -84,15 +86,17 @@ def test_a_light_write_that_needs_sqlalchemy_is_rolled_back_and_the_writer_goes_
     assert _count_meta(store, "after") == 1 and _count_meta(store, "after-light") == 1
 
 
-def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) -> None:
-    store = pg_store
+@contextlib.contextmanager
+def _hearing(store: Store, prefix: str) -> Iterator[list[str]]:
+    """A running PgListener of ``store``; yields the list of ``pushbase_data`` payloads starting with
+    ``prefix`` that reach the local listeners, and on leaving waits for ``{prefix}end`` to arrive."""
     heard: list[str] = []
     arrived = threading.Event()
 
     def on_notify(channel: str, payload: str) -> None:
-        if channel == "pushbase_data" and payload.startswith("once-"):
+        if channel == "pushbase_data" and payload.startswith(prefix):
             heard.append(payload)
-            if payload == "once-end":
+            if payload == f"{prefix}end":
                 arrived.set()
 
     store.add_listener(on_notify)
@@ -104,14 +108,20 @@ def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) ->
                 break
             threading.Event().wait(0.05)
         assert store.hears_own_notifications
-        with store.write() as conn:
-            store.notify(conn, "pushbase_data", "once-1")
-        with store.write() as conn:
-            store.notify(conn, "pushbase_data", "once-end")
+        yield heard
         assert arrived.wait(10)
     finally:
         listener.stop()
         store.remove_listener(on_notify)
+
+
+def test_postgresql_listener_delivers_own_notifications_once(pg_store: Store) -> None:
+    store = pg_store
+    with _hearing(store, "once-") as heard:
+        with store.write() as conn:
+            store.notify(conn, "pushbase_data", "once-1")
+        with store.write() as conn:
+            store.notify(conn, "pushbase_data", "once-end")
     assert heard == ["once-1", "once-end"]
 
 
@@ -119,24 +129,7 @@ def test_postgresql_sends_every_notification_of_a_transaction_at_its_commit(pg_s
     """A transaction's NOTIFYs go out together before its commit (in statements of 500): all of them
     arrive, in order, from write() and light_write(); a rolled-back transaction's never do."""
     store = pg_store
-    heard: list[str] = []
-    arrived = threading.Event()
-
-    def on_notify(channel: str, payload: str) -> None:
-        if channel == "pushbase_data" and payload.startswith("many-"):
-            heard.append(payload)
-            if payload == "many-end":
-                arrived.set()
-
-    store.add_listener(on_notify)
-    listener = PgListener(store)
-    listener.start()
-    try:
-        for _ in range(200):
-            if store.hears_own_notifications:
-                break
-            threading.Event().wait(0.05)
-        assert store.hears_own_notifications
+    with _hearing(store, "many-") as heard:
         with store.write() as conn:
             for i in range(1201):
                 store.notify(conn, "pushbase_data", f"many-{i}")
@@ -147,10 +140,6 @@ def test_postgresql_sends_every_notification_of_a_transaction_at_its_commit(pg_s
         with store.light_write() as light:
             store.notify(light, "pushbase_data", "many-light")
             store.notify(light, "pushbase_data", "many-end")
-        assert arrived.wait(10)
-    finally:
-        listener.stop()
-        store.remove_listener(on_notify)
     assert heard == [f"many-{i}" for i in range(1201)] + ["many-light", "many-end"]
 
 

@@ -108,7 +108,8 @@ class Store:
             conn.info[_PENDING_PG_NOTIFY] = to_send = []
             try:
                 yield conn
-                _send_pg_notify(conn.connection.dbapi_connection, to_send)
+                if to_send:
+                    _send_pg_notify(conn.connection.dbapi_connection, to_send)
             finally:
                 conn.info.pop(_PENDING_NOTIFICATIONS, None)
                 conn.info.pop(_PENDING_PG_NOTIFY, None)
