@@ -174,3 +174,29 @@ def test_a_pooled_connection_the_server_ended_is_replaced_not_used(pg_store: Sto
             cursor = light.connection.dbapi_connection.cursor()
             cursor.execute("SELECT pg_backend_pid()")
             assert cursor.fetchone()[0] != pid
+
+
+def test_the_sqlite_wal_starts_over_while_writes_never_pause(tmp_path) -> None:
+    """A PASSIVE checkpoint never reaches the end of a WAL that writers keep appending to, and SQLite
+    only reuses the WAL file from its start after one that did: without the checkpointer finishing
+    holding the writer, the file grew by everything written, without end."""
+    store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.RESTART_FRAMES = 64  # a 256 KB WAL counts as long, so that the test writes little
+    wal = tmp_path / "wal.db-wal"
+    blob = b"x" * 60_000
+    written = 0
+    try:
+        with store.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body BLOB)")
+        rounds_at_start = checkpointer.rounds
+        # Write without a pause until the checkpointer has had many rounds and 24 MB went through.
+        while checkpointer.rounds < rounds_at_start + 8 or written < 24_000_000:
+            with store.write() as conn:
+                conn.exec_driver_sql("INSERT INTO scratch (body) VALUES (?)", (blob,))
+                conn.exec_driver_sql("DELETE FROM scratch WHERE id < (SELECT max(id) FROM scratch) - 8")
+            written += len(blob)
+        assert wal.stat().st_size < written / 3
+    finally:
+        store.close()
