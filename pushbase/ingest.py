@@ -1,9 +1,11 @@
 """Ingest jobs: the Qrvey-style Push API's load, delete and delete-all requests.
 
 A request is parsed and checked at once (malformed input is a 400; a payload that breaks a rule is
-recorded ``ErrorExit`` with its errors), stored as a job row with its body and committed — only then
-is it answered 202, so an accepted job survives a crash. The checked payload is handed to this
-process's worker in memory, which claims the job, loads it and records ``Complete`` (dropping the
+recorded ``ErrorExit`` with its errors). A load of up to ``INLINE_LOAD_ROWS`` rows, when no earlier job
+of its dataset is still waiting, is loaded then and there: the job row and its rows are committed in
+one transaction before the 202, which says ``Complete`` (no body is stored, no worker is involved).
+Any other job is stored as a job row with its body and committed — only then is it answered 202, so
+an accepted job survives a crash. The checked payload is handed to this process's worker in memory, which claims the job, loads it and records ``Complete`` (dropping the
 body) in one transaction: a job is all-or-nothing. A job without a handed-off payload (after a
 restart, or accepted by another process) is claimed (``Validating``), its stored body read and
 checked, then loaded in one transaction (``Loading``). A job found half-way after a crash is simply
@@ -57,6 +59,10 @@ JOB_DONE_CHANNEL = "pushbase_job_done"
 FINAL_STATUSES = ("Complete", "ErrorExit", "TerminatedExit")
 PENDING = "Initializing"
 MAX_ATTEMPTS = 3
+# Loads of up to this many rows are written before the 202 (see the module's docstring); 0 sends every
+# job to the background worker. 20,000 rows of ten columns are about 5 MB and load in about 0.1 s.
+INLINE_LOAD_ROWS = int(os.environ.get("PUSHBASE_INLINE_LOAD_ROWS", "20000"))
+UNFINISHED_STATUSES = (PENDING, "Validating", "Loading")
 LEASE = dt.timedelta(seconds=float(os.environ.get("PUSHBASE_JOB_LEASE_SECONDS", "120")))
 # Failpoint for crash tests: sleep inside the load transaction, after the rows are written and before
 # the commit, so a test can kill -9 the process mid-load. Never set in production.
@@ -160,13 +166,13 @@ def accept_job(
     content_type: str,
     *,
     source: str = "api",
-) -> str:
-    """Store the job durably and wake the workers; the caller may then answer 202.
+) -> tuple[str, str]:
+    """Record the job durably; returns its id and status, after which the caller may answer 202.
 
     A payload that already broke a rule is recorded ended (``ErrorExit``, its errors listed) in the
-    same one transaction: there is nothing to run. Otherwise the body is stored, so the job survives a
-    crash, and the checked payload is handed to this process's worker, which loads it without reading
-    the body back."""
+    same one transaction: there is nothing to run. A small load is loaded at once (``Complete``).
+    Otherwise the body is stored, so the job survives a crash, the checked payload is handed to this
+    process's worker, which loads it without reading the body back, and the workers are woken."""
     if not isinstance(payload, Prepared):
         payload = check_items(store, dataset, operation, payload)
     job_id = new_job_id()
@@ -192,6 +198,9 @@ def accept_job(
     if payload.failed is not None:
         # The body is not kept: a job that broke a rule is never run again.
         values.update(status="ErrorExit", body=None, errors=payload.failed.errors, reason=payload.failed.reason, started_at=now, finished_at=now)
+    elif operation == "load" and payload.dataset is not None and payload.count <= INLINE_LOAD_ROWS:
+        if _load_at_accept(store, job_id, values, payload):
+            return job_id, "Complete"
     handoff = _handoff(store)
     if payload.failed is None:
         # Handed over before the commit: the worker, woken by it, finds the payload already there (and
@@ -206,10 +215,36 @@ def accept_job(
     except BaseException:
         handoff.take(job_id)
         raise
-    return job_id
+    return job_id, str(values["status"])
 
 
 _INSERT_JOB = jobs_table.insert()
+_UNFINISHED_JOB_OF_DATASET = (
+    sa.select(jobs_table.c.id)
+    .where(jobs_table.c.status.in_(UNFINISHED_STATUSES), jobs_table.c.dataset_id == sa.bindparam("dataset_id"))
+    .limit(1)
+)
+
+
+def _load_at_accept(store: Store, job_id: str, values: dict[str, Any], payload: Prepared) -> bool:
+    """Record the job and load its rows in one transaction, before the 202. The body is never stored
+    (nor written to the WAL, checkpointed and freed again) and no worker is woken: at a megabyte per
+    request, the bench's ingest cost the server about a tenth less CPU. False, with nothing written,
+    when an earlier job of the dataset has not ended (jobs load in the order they were accepted) or
+    when the load failed: the background path then runs the job and records why it fails."""
+    assert payload.dataset is not None
+    try:
+        with store.write() as conn:
+            if conn.execute(_UNFINISHED_JOB_OF_DATASET, {"dataset_id": payload.dataset.id}).first() is not None:
+                return False
+            conn.execute(_INSERT_JOB, {**values, "body": None})
+            _load_and_finish(store, conn, job_id, payload.dataset, "load", payload, started_at=values["created_at"], attempts=1)
+        return True
+    except _DatasetChanged:
+        return False  # columns were added since the payload was checked: the worker checks it again
+    except Exception:  # noqa: BLE001 - rolled back; the background path runs it again and records why it fails
+        log.warning("loading job %s at acceptance failed; running it in the background", job_id, exc_info=True)
+        return False
 
 
 class _Handoff:
@@ -539,7 +574,9 @@ def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: s
     """Load rows through a job and run it at once (tasks' ``load``): same checks, same status document."""
     dataset = get_dataset(store, dataset_name)
     body = orjson.dumps(rows)
-    job_id = accept_job(store, dataset, "load", rows, body, "application/json", source=source)
+    job_id, status = accept_job(store, dataset, "load", rows, body, "application/json", source=source)
+    if status not in UNFINISHED_STATUSES:
+        return job_status(store, job_id)
     result = run_next_job(store, f"inline-{os.getpid()}", job_id)
     if result is not None:
         return result

@@ -21,6 +21,14 @@ COLS = [
 
 
 @pytest.fixture
+def background_jobs(monkeypatch):
+    """Every load goes through the background worker, as a payload over the inline limit would."""
+    from pushbase import ingest
+
+    monkeypatch.setattr(ingest, "INLINE_LOAD_ROWS", 0)
+
+
+@pytest.fixture
 def orders(api):
     r = api.post("/api/datasets", json={"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
     assert r.status_code == 201, r.text
@@ -258,13 +266,13 @@ def test_a_payload_that_breaks_a_rule_is_recorded_ended_at_once(orders):
     assert orders.all_rows("/api/datasets/orders/rows") == []
 
 
-def test_handed_off_job_loads_in_one_transaction_and_shows_loading(store, monkeypatch):
+def test_handed_off_job_loads_in_one_transaction_and_shows_loading(store, monkeypatch, background_jobs):
     from pushbase import datasets, ingest, loading
 
     dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
     body = orjson.dumps([{"order_id": 1, "customer": "a"}])
     payload = ingest.prepare_payload(store, dataset, "load", body, "application/json")
-    job_id = ingest.accept_job(store, dataset, "load", payload, body, "application/json")
+    job_id, _ = ingest.accept_job(store, dataset, "load", payload, body, "application/json")
     assert ingest.job_status(store, job_id)["status"] == "Initializing"
     seen = []
     write_rows = loading.write_rows
@@ -279,18 +287,18 @@ def test_handed_off_job_loads_in_one_transaction_and_shows_loading(store, monkey
     assert doc["status"] == "Complete" and doc["rows_inserted"] == 1 and doc["started_at"]
 
 
-def test_handed_off_job_is_checked_again_when_columns_were_added(store):
+def test_handed_off_job_is_checked_again_when_columns_were_added(store, background_jobs):
     from pushbase import datasets, ingest
 
     dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
     body = orjson.dumps([{"order_id": 1, "customer": "a"}])
-    job_id = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
+    job_id, _ = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
     datasets.update_dataset(store, "orders", {"add_columns": [{"name": "region", "type": "string"}]})
     doc = ingest.run_next_job(store, "test-owner", job_id)
     assert doc["status"] == "Complete" and doc["rows_inserted"] == 1, doc
 
 
-def test_a_completed_job_drops_its_body_in_its_final_commit(store):
+def test_a_completed_job_drops_its_body_in_its_final_commit(store, background_jobs):
     import sqlalchemy as sa
 
     from pushbase import datasets, ingest
@@ -298,7 +306,7 @@ def test_a_completed_job_drops_its_body_in_its_final_commit(store):
 
     dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
     body = orjson.dumps([{"order_id": 1}])
-    job_id = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
+    job_id, _ = ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")
     with store.read() as conn:
         assert conn.execute(sa.select(jobs.c.body).where(jobs.c.id == job_id)).scalar() == body
     assert ingest.run_next_job(store, "test-owner")["status"] == "Complete"
@@ -352,12 +360,48 @@ def test_handoff_is_bounded_and_drops_stale_entries(monkeypatch):
     assert handoff.take("old") is None and handoff.take("new").count == 8
 
 
-def test_the_202_tells_the_status_the_job_was_recorded_with(orders):
+def test_the_202_tells_the_status_the_job_was_recorded_with(orders, monkeypatch):
+    from pushbase import ingest
+
     bad = orders.post("/api/datasets/orders/data", json=[{"order_id": "x"}])
     assert bad.status_code == 202 and bad.json()["status"] == "ErrorExit", bad.text
     assert orders.get(f"/api/datasets/orders/data/{bad.json()['jobId']}/status").json()["status"] == "ErrorExit"
-    good = orders.post("/api/datasets/orders/data", json=[{"order_id": 1}])
-    assert good.status_code == 202 and good.json()["status"] == "Initializing"
+    # A small load is loaded before the answer: the job is already Complete, its rows readable.
+    small = orders.post("/api/datasets/orders/data", json=[{"order_id": 1}])
+    assert small.status_code == 202 and small.json()["status"] == "Complete", small.text
+    doc = orders.get(f"/api/datasets/orders/data/{small.json()['jobId']}/status").json()
+    assert doc["status"] == "Complete" and doc["rows_inserted"] == 1
+    assert [r["order_id"] for r in orders.all_rows("/api/datasets/orders/rows")] == [1]
+    # Over the limit, the job waits for the background worker.
+    monkeypatch.setattr(ingest, "INLINE_LOAD_ROWS", 2)
+    big = orders.post("/api/datasets/orders/data", json=[{"order_id": 2}, {"order_id": 3}, {"order_id": 4}])
+    assert big.status_code == 202 and big.json()["status"] == "Initializing", big.text
+    assert wait_job(orders, "orders", big.json()["jobId"])["rows_inserted"] == 3
+
+
+def test_a_small_load_waits_its_turn_behind_an_earlier_job_of_its_dataset(store, monkeypatch):
+    """Jobs of one dataset load in the order they were accepted: a small load accepted while an earlier
+    job waits is not loaded at once, or the earlier job would overwrite the newer values."""
+    from pushbase import dataset_rows, datasets, ingest
+
+    dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    other = datasets.create_dataset(store, {"name": "others", "columns": COLS, "unique_id": ["order_id"]})
+
+    def accept(target, rows):
+        body = orjson.dumps(rows)
+        return ingest.accept_job(store, target, "load", ingest.prepare_payload(store, target, "load", body, "application/json"), body, "application/json")
+
+    monkeypatch.setattr(ingest, "INLINE_LOAD_ROWS", 1)
+    first, status = accept(dataset, [{"order_id": 1, "customer": "old"}, {"order_id": 2, "customer": "old"}])
+    assert status == "Initializing"
+    monkeypatch.setattr(ingest, "INLINE_LOAD_ROWS", 20_000)
+    second, status = accept(dataset, [{"order_id": 1, "customer": "new"}])
+    assert status == "Initializing", "loaded before the earlier job of its dataset"
+    assert accept(other, [{"order_id": 1, "customer": "elsewhere"}])[1] == "Complete"  # another dataset: at once
+    assert ingest.run_next_job(store, "test-owner")["jobId"] == first
+    assert ingest.run_next_job(store, "test-owner")["jobId"] == second
+    rows = dataset_rows.list_rows(store, "orders", limit=None, after=None)["rows"]
+    assert {r["order_id"]: r["customer"] for r in rows} == {1: "new", 2: "old"}
 
 
 LONG = 123456789012345678901234567890  # beyond 64 bits: JSON allows it, a float cannot hold it exactly

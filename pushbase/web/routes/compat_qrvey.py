@@ -42,7 +42,8 @@ async def postdata(request: Request, who: Principal = Depends(principal)) -> JSO
 
     def work() -> str:
         found = datasets.get_dataset(store, dataset)
-        return ingest.accept_job(store, found, "load", data, orjson.dumps(data), "application/json", source="qrvey")
+        job_id, _status = ingest.accept_job(store, found, "load", data, orjson.dumps(data), "application/json", source="qrvey")
+        return job_id
 
     return JSONAnswer({"jobId": await threaded(work)}, status_code=202)
 

@@ -89,9 +89,9 @@ async def _accept(request: Request, dataset: str, operation: str, who: Principal
     def work() -> tuple[str, str]:
         found = datasets.get_dataset(store, dataset)
         payload = ingest.prepare_payload(store, found, operation, body, content_type)
-        job_id = ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
-        # A payload that broke a rule is recorded ended at once: the 202 says so, as the status will.
-        return job_id, ingest.PENDING if payload.failed is None else "ErrorExit"
+        # A small load is loaded at once, and a payload that broke a rule is recorded ended at once: the
+        # 202 says so, as the status will.
+        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
 
     job_id, status = await threaded(work)
     if wait:
