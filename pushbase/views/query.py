@@ -20,7 +20,7 @@ from ..storage import Store, codecs, cursors
 from .filters import parse_filters
 from .formulas import FieldRef, compile_calculations
 
-__all__ = ["ViewQuery", "base_fields", "STREAM_BATCH"]
+__all__ = ["ViewQuery", "JsonPage", "base_fields", "STREAM_BATCH"]
 
 STREAM_BATCH = 5000  # rows per fetch and per chunk written: ~1.3 MB of NDJSON for 10 columns
 PAGE_BATCH = 2500  # rows per fetch within a JSON page
@@ -39,6 +39,14 @@ def base_fields(store: Store, dataset: Dataset, table: sa.Table) -> dict[str, Fi
 class SortKey:
     field: FieldRef
     descending: bool
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    """A page as sent (``body``) and the cursor of the next one (``next``, None on the last page)."""
+
+    body: bytes
+    next: str | None
 
 
 class ViewQuery:
@@ -226,7 +234,7 @@ class ViewQuery:
         more = fetched > size and (self.limit is None or seen + size < self.limit)
         return self._cursor_for(last, seen + size) if more and last is not None else None
 
-    def page_json(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> bytes:
+    def page_json(self, conn: sa.Connection, *, limit: int | None, after: str | None) -> JsonPage:
         """One page, ``{"rows": [objects], "next": cursor or null}``, as JSON. The rows are read in
         batches, turned into row structs while PostgreSQL sends the next batch (``cursors.bounded``),
         and written by one encode (an encode per batch, joined, cost the server more)."""
@@ -238,7 +246,7 @@ class ViewQuery:
             try:
                 objects += encoder.structs(next(batches))
             except StopIteration as stop:
-                return JSON.encode({"rows": objects, "next": stop.value})
+                return JsonPage(JSON.encode({"rows": objects, "next": stop.value}), stop.value)
 
     def output_rows(self, conn: sa.Connection, fmt: str, batch: int | None = None) -> Iterator[list[Sequence[Any]]]:
         """Every row of the view as result tuples for ``encoder(fmt)``, in batches, in constant memory."""

@@ -14,6 +14,7 @@ from ..errors import PushbaseError
 from ..outbound import OutboundClient
 from ..settings import Settings
 from ..storage import Store, open_store
+from ..views.readahead import ReadAhead
 from .common import JSONAnswer, error_response
 from .routes import compat_qrvey, datasets, system
 
@@ -45,9 +46,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             worker = Worker(app.state.store, settings)
             await worker.start()
         app.state.worker = worker
+        app.state.read_ahead = ReadAhead.for_store(app.state.store)
         try:
             yield
         finally:
+            if app.state.read_ahead is not None:
+                app.state.read_ahead.close()
             if worker is not None:
                 await worker.stop()
             await app.state.outbound.aclose()

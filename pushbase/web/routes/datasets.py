@@ -86,14 +86,18 @@ async def _accept(request: Request, dataset: str, operation: str, who: Principal
     body = b"" if operation == "delete_all" else await read_body(request)
     content_type = request.headers.get("content-type", "application/json")
 
-    def work() -> tuple[str, str]:
+    def work() -> tuple[str, str, dict[str, Any] | None]:
         found = datasets.get_dataset(store, dataset)
         payload = ingest.prepare_payload(store, found, operation, body, content_type)
         # A small load is loaded at once, and a payload that broke a rule is recorded ended at once: the
         # 202 says so, as the status will.
-        return ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        job_id, status = ingest.accept_job(store, found, operation, payload, body, content_type.split(";")[0].strip() or "application/json")
+        ended = wait and status in ingest.FINAL_STATUSES
+        return job_id, status, ingest.job_status(store, job_id) if ended else None
 
-    job_id, status = await threaded(work)
+    job_id, status, doc = await threaded(work)
+    if doc is not None:
+        return JSONAnswer(doc, status_code=200)
     if wait:
         doc = await wait_for_job(request, job_id)
         return JSONAnswer(doc, status_code=200 if doc["status"] in ingest.FINAL_STATUSES else 202)

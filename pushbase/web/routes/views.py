@@ -1,6 +1,8 @@
 """/api/views: saved views and the pull API (JSON pages, NDJSON and CSV streams)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -8,7 +10,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...errors import Invalid
 from ...keys import Principal
+from ...storage import Store
 from ...views import store as views
+from ...views.query import JsonPage
+from ...views.readahead import ReadAhead, reads_the_clock
 from ..common import JSONAnswer, principal, read_object, store_of, threaded
 
 router = APIRouter(tags=["views"])
@@ -64,6 +69,33 @@ def _stream(request: Request, view_name: str, fmt: str) -> Iterator[bytes]:
                 yield encoder.ndjson(rows)
 
 
+def _read_page(store: Store, view: str, limit: int | None, after: str | None) -> tuple[JsonPage, bool]:
+    """A JSON page (encoded here, in a worker thread, not on the event loop), and whether the view's
+    formulas read the clock."""
+    with store.read() as conn:
+        found = views.get_view(store, view, conn)
+        return views.view_query(store, found, conn).page_json(conn, limit=limit, after=after), reads_the_clock(found.definition)
+
+
+async def _json_page(request: Request, view: str, limit: int | None, after: str | None) -> JsonPage:
+    """The page, from the read-ahead when one was prepared and is still exact; prepares the next one
+    for a client that is paging through (see ``pushbase.views.readahead``)."""
+    store = store_of(request)
+    ahead: ReadAhead | None = getattr(request.app.state, "read_ahead", None) if after is not None else None
+    page: JsonPage | None = None
+    clocked = False
+    if ahead is not None and (prepared := ahead.take((view, limit, after))) is not None:
+        with contextlib.suppress(Exception):  # a failed read: ``served`` drops it, the request reads again
+            await asyncio.wrap_future(prepared.future)
+        page = ahead.served(prepared)
+    if page is None:
+        page, clocked = await threaded(_read_page, store, view, limit, after)
+    if ahead is not None and page.next is not None and not clocked:
+        following = page.next
+        ahead.prepare((view, limit, following), lambda: _read_page(store, view, limit, following)[0])
+    return page
+
+
 @router.get("/api/views/{view}/rows", summary="Pull a view: format=json (pages), ndjson or csv (streams)")
 async def view_rows(
     view: str,
@@ -76,14 +108,8 @@ async def view_rows(
     who.require(f"read:{view}")
     store = store_of(request)
     if format == "json":
-
-        def page() -> bytes:
-            with store.read() as conn:
-                found = views.get_view(store, view, conn)
-                # Encoded here, in the worker thread, not on the event loop.
-                return views.view_query(store, found, conn).page_json(conn, limit=limit, after=after)
-
-        return Response(await threaded(page), media_type="application/json")
+        page = await _json_page(request, view, limit, after)
+        return Response(page.body, media_type="application/json")
     if after is not None or limit is not None:
         raise Invalid(f"ndjson and csv stream every row; '{'after' if after is not None else 'limit'}' is for format=json pages "
                       "(a view's own limit applies to streams too)", code="invalid_request")

@@ -1,0 +1,121 @@
+"""Read-ahead of JSON pages: while a client paging through a view reads one page, the server prepares
+the next, so that its work overlaps the client's instead of waiting for the next request.
+
+A prepared page is only ever served if nothing at all was committed to the database since its reading
+began (SQLite's ``PRAGMA data_version`` on a connection of our own tells, for a microsecond): then it
+is exactly the page the request would have read. Otherwise it is dropped and the page read as usual.
+
+When it is used:
+- SQLite only (PostgreSQL has no such cheap "anything committed?" question, and its pages already
+  overlap the database's work with the encoding);
+- after a request that carried ``after``: a client that is paging through. A first page never starts
+  one, so a client polling the first page of a view costs no extra read;
+- not for views whose formulas read the clock (``now()``, ``today()``): their rows depend on when the
+  page is read.
+At most ``MAX_PAGES`` pages are held, each for at most ``TTL_SECONDS``; one is read at a time.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from ..storage import Store
+from .query import JsonPage
+
+__all__ = ["ReadAhead", "reads_the_clock"]
+
+READ_AHEAD = Counter(
+    "pushbase_pull_read_ahead_total",
+    "JSON pages read ahead for clients paging through a view, by what became of them (served, stale, unused)",
+    ["result"],
+)
+
+_CLOCK = re.compile(r"\b(now|today)\s*\(", re.IGNORECASE)
+
+
+def reads_the_clock(definition: dict[str, Any]) -> bool:
+    """True when a calculation of the view may use ``now()`` or ``today()`` (a field name that merely
+    looks like it counts too: then there is simply no read-ahead)."""
+    return any(_CLOCK.search(str(c.get("formula", ""))) for c in definition.get("calculations") or [])
+
+
+@dataclass
+class _Prepared:
+    version: int
+    future: Future[JsonPage]
+    since: float
+
+
+class ReadAhead:
+    MAX_PAGES = 8
+    TTL_SECONDS = 30.0
+
+    def __init__(self, path: str) -> None:
+        self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._watch_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pages: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pushbase-read-ahead")
+
+    @classmethod
+    def for_store(cls, store: Store) -> ReadAhead | None:
+        """One for a SQLite file; None for PostgreSQL and in-memory SQLite."""
+        path = store.read_engine.url.database if store.dialect == "sqlite" else None
+        return cls(path) if path and path != ":memory:" else None
+
+    def version(self) -> int:
+        """Changes whenever any other connection (any process) commits."""
+        with self._watch_lock:
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    def prepare(self, key: tuple[Any, ...], read: Callable[[], JsonPage]) -> None:
+        """Start reading the page ``key`` (unless it is already prepared or being read)."""
+        now = time.monotonic()
+        with self._lock:
+            if key in self._pages:
+                return
+            while len(self._pages) >= self.MAX_PAGES:
+                self._pages.popitem(last=False)
+                READ_AHEAD.labels("unused").inc()
+            # The version is read before the page's read transaction begins: a commit after it, even
+            # one the read still sees, makes the page stale (never the other way round).
+            self._pages[key] = _Prepared(self.version(), self._reader.submit(read), now)
+
+    def take(self, key: tuple[Any, ...]) -> _Prepared | None:
+        """The page prepared for ``key``, read or being read; None when there is none, it is too old,
+        or its read has not started (queued behind others': the request reads it sooner itself)."""
+        with self._lock:
+            prepared = self._pages.pop(key, None)
+        if prepared is None:
+            return None
+        if time.monotonic() - prepared.since > self.TTL_SECONDS or prepared.future.cancel():
+            READ_AHEAD.labels("unused").inc()
+            return None
+        return prepared
+
+    def served(self, prepared: _Prepared) -> JsonPage | None:
+        """The prepared page, if nothing was committed since its read began (call once it is done)."""
+        try:
+            page = prepared.future.result(timeout=0)
+        except Exception:  # noqa: BLE001 - the request reads the page itself, and meets the error itself
+            READ_AHEAD.labels("stale").inc()
+            return None
+        if self.version() != prepared.version:
+            READ_AHEAD.labels("stale").inc()
+            return None
+        READ_AHEAD.labels("served").inc()
+        return page
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        with self._watch_lock:
+            self._watch.close()
