@@ -176,18 +176,24 @@ def create_dataset(store: Store, body: dict[str, Any]) -> Dataset:
     return dataset
 
 
+# Built once: SQLAlchemy then reuses their cache keys and compiled forms (every ingest request looks its
+# dataset up twice; a statement built per call cost about half of each lookup).
+_BY_NAME = sa.select(datasets_table).where(datasets_table.c.name == sa.bindparam("name"))
+_BY_ID = sa.select(datasets_table).where(datasets_table.c.id == sa.bindparam("id"))
+
+
 def get_dataset(store: Store, name: str, conn: sa.Connection | None = None) -> Dataset:
     if conn is None:
         with store.read() as own:
             return get_dataset(store, name, own)
-    row = conn.execute(sa.select(datasets_table).where(datasets_table.c.name == name)).first()
+    row = conn.execute(_BY_NAME, {"name": name}).first()
     if row is None:
         raise NotFound(f"dataset {name!r} does not exist", details={"dataset": name})
     return _from_row(row)
 
 
 def get_dataset_by_id(store: Store, dataset_id: int, conn: sa.Connection) -> Dataset:
-    row = conn.execute(sa.select(datasets_table).where(datasets_table.c.id == dataset_id)).first()
+    row = conn.execute(_BY_ID, {"id": dataset_id}).first()
     if row is None:
         raise NotFound(f"dataset #{dataset_id} does not exist")
     return _from_row(row)

@@ -396,8 +396,11 @@ def get_push(store: Store, name: str, conn: sa.Connection | None = None) -> Push
     return push_from_row(store, conn, row)
 
 
+_PUSH_BY_ID = sa.select(pushes_table).where(pushes_table.c.id == sa.bindparam("id"))  # built once: a cached key
+
+
 def get_push_by_id(store: Store, push_id: int, conn: sa.Connection) -> Push | None:
-    row = conn.execute(sa.select(pushes_table).where(pushes_table.c.id == push_id)).first()
+    row = conn.execute(_PUSH_BY_ID, {"id": push_id}).first()
     return None if row is None else push_from_row(store, conn, row)
 
 

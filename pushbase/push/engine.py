@@ -141,6 +141,14 @@ def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseExceptio
         future.set_result(result)
 
 
+# Built once, so SQLAlchemy reuses its cache key (a pre-check runs at most wake-ups).
+_ONE_PENDING = (
+    sa.select(deliveries_table.c.id)
+    .where(deliveries_table.c.push_id == sa.bindparam("push_id"), deliveries_table.c.status == "pending")
+    .limit(1)
+)
+
+
 class _Runner:
     """One push's task: waits for a wake-up, lingers for more data if asked, then works the push."""
 
@@ -362,9 +370,7 @@ class PushEngine:
                 return Work(gone=True)
             if not push.enabled:
                 return Work()
-            pending = conn.execute(
-                sa.select(deliveries_table.c.id).where(deliveries_table.c.push_id == push_id, deliveries_table.c.status == "pending").limit(1)
-            ).first()
+            pending = conn.execute(_ONE_PENDING, {"push_id": push_id}).first()
             due = next_allowed_at(push, utc_now(), pending=pending is not None)
             if due is not None:
                 return Work(wake_at=due)

@@ -137,18 +137,23 @@ def create_view(store: Store, body: dict[str, Any]) -> View:
         return _from_row(row, dataset.name)
 
 
+# Built once, so SQLAlchemy reuses their cache keys (every pulled page looks its view up).
+_BY_NAME = sa.select(views_table).where(views_table.c.name == sa.bindparam("name"))
+_BY_ID = sa.select(views_table).where(views_table.c.id == sa.bindparam("id"))
+
+
 def get_view(store: Store, name: str, conn: sa.Connection | None = None) -> View:
     if conn is None:
         with store.read() as own:
             return get_view(store, name, own)
-    row = conn.execute(sa.select(views_table).where(views_table.c.name == name)).first()
+    row = conn.execute(_BY_NAME, {"name": name}).first()
     if row is None:
         raise NotFound(f"view {name!r} does not exist", details={"view": name})
     return _from_row(row, get_dataset_by_id(store, row.dataset_id, conn).name)
 
 
 def get_view_by_id(store: Store, view_id: int, conn: sa.Connection) -> View:
-    row = conn.execute(sa.select(views_table).where(views_table.c.id == view_id)).first()
+    row = conn.execute(_BY_ID, {"id": view_id}).first()
     if row is None:
         raise NotFound(f"view #{view_id} does not exist")
     return _from_row(row, get_dataset_by_id(store, row.dataset_id, conn).name)
