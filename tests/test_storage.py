@@ -200,3 +200,21 @@ def test_the_sqlite_wal_starts_over_while_writes_never_pause(tmp_path) -> None:
         assert wal.stat().st_size < written / 3
     finally:
         store.close()
+
+
+def test_postgresql_sessions_plan_for_ssd_unless_told_otherwise(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pushbase.errors import DatabaseUnavailable
+    from pushbase.storage import pg_random_page_cost
+
+    with pg_store.read() as conn:
+        assert conn.exec_driver_sql("SHOW random_page_cost").scalar() == "1.1"
+    monkeypatch.setenv("PUSHBASE_PG_RANDOM_PAGE_COST", "4")
+    other = Store(pg_store.url)
+    try:
+        with other.read() as conn:
+            assert conn.exec_driver_sql("SHOW random_page_cost").scalar() == "4"
+    finally:
+        other.close()
+    monkeypatch.setenv("PUSHBASE_PG_RANDOM_PAGE_COST", "1; DROP TABLE pb_keys")
+    with pytest.raises(DatabaseUnavailable):
+        pg_random_page_cost()

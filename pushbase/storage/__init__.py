@@ -92,6 +92,7 @@ class Store:
                 json_deserializer=orjson.loads,
             )
             event.listen(engine, "checkout", _pg_connection_alive)
+            event.listen(engine, "connect", _pg_session_settings)
             self.write_engine = self.read_engine = engine
 
     # -- transactions -------------------------------------------------------------------------
@@ -352,6 +353,36 @@ def _pg_connection_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> No
         raise sa.exc.DisconnectionError(str(exc)) from exc
     if readable:
         raise sa.exc.DisconnectionError("the server ended the connection")
+
+
+def pg_random_page_cost() -> float | None:
+    """What our PostgreSQL sessions plan with (``PUSHBASE_PG_RANDOM_PAGE_COST``; empty: the server's)."""
+    value = os.environ.get("PUSHBASE_PG_RANDOM_PAGE_COST", "1.1").strip()
+    if not value:
+        return None
+    try:
+        cost = float(value)
+    except ValueError:
+        raise DatabaseUnavailable(f"PUSHBASE_PG_RANDOM_PAGE_COST must be a number, not {value!r}") from None
+    if not 0 < cost < 1000:
+        raise DatabaseUnavailable(f"PUSHBASE_PG_RANDOM_PAGE_COST must be between 0 and 1000, not {value!r}")
+    return cost
+
+
+def _pg_session_settings(dbapi_connection: Any, _record: Any) -> None:
+    """Plan as for SSDs or data in memory (``random_page_cost`` 1.1 instead of 4, the default made for
+    spinning disks), in our own sessions only. With 4, a filtered view's page (9,937 of 1,000,000 rows
+    through the index on the filter column and ``_id``) was read by a bitmap scan and then sorted by
+    ``_id``: 16.7 ms in the database; with 1.1, by the index in ``_id`` order, no sort: 9.3 ms."""
+    cost = pg_random_page_cost()
+    if cost is None:
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET random_page_cost = {cost!r}")  # a float we parsed, never the text as given
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
 
 
 def _send_pg_notify(dbapi_connection: Any, notifications: list[tuple[str, str]]) -> None:
