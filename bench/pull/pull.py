@@ -256,6 +256,11 @@ def pg_plan(url: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             sql = f'SELECT * FROM "{table}" WHERE {col} = \'{B.FILTER_CITY}\' ORDER BY _id LIMIT {PAGE + 1}'
             source = f"hand-written equivalent (pushbase.views could not build it: {str(exc)[-200:]})"
+        # Planned as the server's own sessions plan it (pushbase.storage sets random_page_cost on
+        # every connection it opens; PUSHBASE_PG_RANDOM_PAGE_COST, 1.1 unless set).
+        cost = os.environ.get("PUSHBASE_PG_RANDOM_PAGE_COST", "1.1").strip()
+        if cost:
+            conn.execute(f"SET random_page_cost = {float(cost)!r}")
         plan = [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)]
     return {"table": table, "filter_column": f"city -> {col}", "sql": sql, "sql_source": source, "plan": plan,
             "uses_index": any(f"{table}_{col}" in p for p in plan)}
