@@ -162,7 +162,7 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
 class RowEncoder:
     """Result tuples ``(_id, v1, v2 ...)`` as the pull API writes them: JSON objects, NDJSON lines or
     CSV lines. The query converts what it can in SQL (``codecs.output_sql``); ``convert`` lists the
-    fields still to convert here, as (position in the tuple, function from a non-null value).
+    fields still to convert here, as (position in the tuple, function of a value; None gives None).
 
     JSON is written through a msgspec struct made for the field names (``json_page``, ``ndjson``):
     building a struct from a tuple and encoding it cost about a quarter of a dict and ``orjson.dumps``
@@ -197,7 +197,7 @@ class RowEncoder:
         # A column at a time; columns past the names (a page's sort values) are left out, as zip does.
         columns: list[Sequence[Any]] = list(zip(*rows))[:width]
         for index, fn in self.convert:
-            columns[index] = [None if value is None else fn(value) for value in columns[index]]
+            columns[index] = list(map(fn, columns[index]))  # codecs' decoders give None for None
         return list(map(self._struct, *columns))
 
     def ndjson(self, rows: Sequence[Sequence[Any]]) -> bytes:

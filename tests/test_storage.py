@@ -218,3 +218,11 @@ def test_postgresql_sessions_plan_for_ssd_unless_told_otherwise(pg_store: Store,
     monkeypatch.setenv("PUSHBASE_PG_RANDOM_PAGE_COST", "1; DROP TABLE pb_keys")
     with pytest.raises(DatabaseUnavailable):
         pg_random_page_cost()
+
+
+def test_sqlite_booleans_read_back_as_json_booleans() -> None:
+    from pushbase.storage import codecs
+
+    decode = codecs.decoder("sqlite", "boolean")
+    assert [decode(v) for v in (0, 1, None, 2, -1)] == [False, True, None, True, True]
+    assert all(type(decode(v)) is bool for v in (0, 1, 2))
