@@ -285,3 +285,38 @@ def test_a_change_committed_between_pages_is_in_the_next_page(typed: Api, store:
     third = typed.get("/api/views/plain/rows", params={"limit": 3, "after": second["next"]}).json()
     assert [r["k"] for r in third["rows"]] == [7, 8, 9]
     assert next(r for r in third["rows"] if r["k"] == 8)["s"] == "changed after"
+
+
+def test_read_ahead_pauses_while_its_pages_keep_going_stale(tmp_path: Any) -> None:
+    """On a database written all the time, read-ahead would read most pages twice: it stops trying for
+    a while once most of its recent pages went stale, and never serves a stale one."""
+    import sqlite3
+
+    from pushbase.views.query import JsonPage
+    from pushbase.views.readahead import ReadAhead
+
+    path = str(tmp_path / "ahead.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x)")
+    ahead = ReadAhead(path)
+    try:
+        def cycle(i: int, write: bool) -> JsonPage | None:
+            ahead.prepare(("v", None, str(i)), lambda: JsonPage(b"[]", None))
+            if ("v", None, str(i)) in ahead._pages:
+                ahead._pages[("v", None, str(i))].future.result(timeout=30)  # read, as by a slower client
+            prepared = ahead.take(("v", None, str(i)))
+            if prepared is None:
+                return None
+            if write:
+                writer.execute("INSERT INTO t VALUES (1)")
+            return ahead.served(prepared)
+
+        assert cycle(0, write=False) == JsonPage(b"[]", None)  # nothing committed: served
+        for i in range(1, ReadAhead.RECENT):
+            assert cycle(i, write=True) is None  # a commit after its read began: never served
+        assert ahead.paused
+        assert cycle(99, write=False) is None and ahead.take(("v", None, "99")) is None  # nothing prepared while paused
+    finally:
+        ahead.close()
+        writer.close()

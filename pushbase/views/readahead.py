@@ -13,6 +13,10 @@ When it is used:
 - not for views whose formulas read the clock (``now()``, ``today()``): their rows depend on when the
   page is read.
 At most ``MAX_PAGES`` pages are held, each for at most ``TTL_SECONDS``; one is read at a time.
+
+On a database that is written all the time (a steady ingest), most prepared pages go stale and each
+would be read twice. So when ``STALE_OF_RECENT`` of the last ``RECENT`` prepared pages went stale,
+read-ahead pauses for ``PAUSE_SECONDS``, then tries again.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,12 +62,17 @@ class _Prepared:
 class ReadAhead:
     MAX_PAGES = 8
     TTL_SECONDS = 30.0
+    RECENT = 10
+    STALE_OF_RECENT = 8
+    PAUSE_SECONDS = 30.0
 
     def __init__(self, path: str) -> None:
         self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._watch_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pages: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
+        self._recent: deque[bool] = deque(maxlen=self.RECENT)  # True: served, False: stale
+        self._paused_until = 0.0
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pushbase-read-ahead")
 
     @classmethod
@@ -81,7 +90,7 @@ class ReadAhead:
         """Start reading the page ``key`` (unless it is already prepared or being read)."""
         now = time.monotonic()
         with self._lock:
-            if key in self._pages:
+            if key in self._pages or now < self._paused_until:
                 return
             while len(self._pages) >= self.MAX_PAGES:
                 self._pages.popitem(last=False)
@@ -105,15 +114,22 @@ class ReadAhead:
     def served(self, prepared: _Prepared) -> JsonPage | None:
         """The prepared page, if nothing was committed since its read began (call once it is done)."""
         try:
-            page = prepared.future.result(timeout=0)
+            page: JsonPage | None = prepared.future.result(timeout=0)
         except Exception:  # noqa: BLE001 - the request reads the page itself, and meets the error itself
-            READ_AHEAD.labels("stale").inc()
-            return None
-        if self.version() != prepared.version:
-            READ_AHEAD.labels("stale").inc()
-            return None
-        READ_AHEAD.labels("served").inc()
+            page = None
+        if page is not None and self.version() != prepared.version:
+            page = None
+        READ_AHEAD.labels("served" if page is not None else "stale").inc()
+        with self._lock:
+            self._recent.append(page is not None)
+            if len(self._recent) == self.RECENT and self._recent.count(False) >= self.STALE_OF_RECENT:
+                self._paused_until = time.monotonic() + self.PAUSE_SECONDS
+                self._recent.clear()
         return page
+
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self._paused_until
 
     def close(self) -> None:
         self._reader.shutdown(wait=True, cancel_futures=True)
