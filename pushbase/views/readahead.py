@@ -1,13 +1,17 @@
 """Read-ahead of JSON pages: while a client paging through a view reads one page, the server prepares
-the next, so that its work overlaps the client's instead of waiting for the next request.
+the next, so that its work (and the database's) overlaps the client's instead of waiting for the next
+request.
 
 A prepared page is only ever served if nothing at all was committed to the database since its reading
-began (SQLite's ``PRAGMA data_version`` on a connection of our own tells, for a microsecond): then it
-is exactly the page the request would have read. Otherwise it is dropped and the page read as usual.
+began: then it is exactly the page the request would have read. Otherwise it is dropped and the page
+read as usual. "Nothing committed" is asked of the database, for both engines, just before the read
+and again when the page is asked for:
+- SQLite: ``PRAGMA data_version`` on a connection of our own (it changes whenever any other connection,
+  of any process, commits), a microsecond;
+- PostgreSQL: ``pg_current_snapshot()``, which stays the same only while no transaction of the whole
+  server has been given an id or has ended (a write anywhere makes the page stale: conservative).
 
 When it is used:
-- SQLite only (PostgreSQL has no such cheap "anything committed?" question, and its pages already
-  overlap the database's work with the encoding);
 - after a request that carried ``after``: a client that is paging through. A first page never starts
   one, so a client polling the first page of a view costs no extra read;
 - not for views whose formulas read the clock (``now()``, ``today()``): their rows depend on when the
@@ -52,10 +56,39 @@ def reads_the_clock(definition: dict[str, Any]) -> bool:
     return any(_CLOCK.search(str(c.get("formula", ""))) for c in definition.get("calculations") or [])
 
 
+class _SqliteVersion:
+    """``PRAGMA data_version`` on a connection of our own."""
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _PgVersion:
+    """``pg_current_snapshot()`` as text (its xmin, xmax and transactions in progress)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __call__(self) -> Any:
+        with self._store.read() as conn:
+            return conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar()
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class _Prepared:
-    version: int
-    future: Future[JsonPage]
+    future: Future[tuple[Any, JsonPage]]  # (version just before the read, the page)
     since: float
 
 
@@ -66,9 +99,8 @@ class ReadAhead:
     STALE_OF_RECENT = 8
     PAUSE_SECONDS = 30.0
 
-    def __init__(self, path: str) -> None:
-        self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._watch_lock = threading.Lock()
+    def __init__(self, version: _SqliteVersion | _PgVersion) -> None:
+        self.version = version
         self._lock = threading.Lock()
         self._pages: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
         self._recent: deque[bool] = deque(maxlen=self.RECENT)  # True: served, False: stale
@@ -77,14 +109,17 @@ class ReadAhead:
 
     @classmethod
     def for_store(cls, store: Store) -> ReadAhead | None:
-        """One for a SQLite file; None for PostgreSQL and in-memory SQLite."""
-        path = store.read_engine.url.database if store.dialect == "sqlite" else None
-        return cls(path) if path and path != ":memory:" else None
+        """One for a SQLite file or a PostgreSQL database; None for in-memory SQLite."""
+        if store.dialect == "postgresql":
+            return cls(_PgVersion(store))
+        path = store.read_engine.url.database
+        return cls(_SqliteVersion(path)) if path and path != ":memory:" else None
 
-    def version(self) -> int:
-        """Changes whenever any other connection (any process) commits."""
-        with self._watch_lock:
-            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+    def _versioned(self, read: Callable[[], JsonPage]) -> tuple[Any, JsonPage]:
+        # The version is taken before the page's read begins: a commit after it, even one the read
+        # still sees, makes the page stale (never the other way round).
+        version = self.version()
+        return version, read()
 
     def prepare(self, key: tuple[Any, ...], read: Callable[[], JsonPage]) -> None:
         """Start reading the page ``key`` (unless it is already prepared or being read)."""
@@ -95,9 +130,7 @@ class ReadAhead:
             while len(self._pages) >= self.MAX_PAGES:
                 self._pages.popitem(last=False)
                 READ_AHEAD.labels("unused").inc()
-            # The version is read before the page's read transaction begins: a commit after it, even
-            # one the read still sees, makes the page stale (never the other way round).
-            self._pages[key] = _Prepared(self.version(), self._reader.submit(read), now)
+            self._pages[key] = _Prepared(self._reader.submit(self._versioned, read), now)
 
     def take(self, key: tuple[Any, ...]) -> _Prepared | None:
         """The page prepared for ``key``, read or being read; None when there is none, it is too old,
@@ -112,12 +145,14 @@ class ReadAhead:
         return prepared
 
     def served(self, prepared: _Prepared) -> JsonPage | None:
-        """The prepared page, if nothing was committed since its read began (call once it is done)."""
+        """The prepared page, if nothing was committed since its read began (call once it is done;
+        asks the database, so not on the event loop)."""
+        page: JsonPage | None
         try:
-            page: JsonPage | None = prepared.future.result(timeout=0)
+            version, page = prepared.future.result(timeout=0)
         except Exception:  # noqa: BLE001 - the request reads the page itself, and meets the error itself
-            page = None
-        if page is not None and self.version() != prepared.version:
+            version, page = None, None
+        if page is not None and self.version() != version:
             page = None
         READ_AHEAD.labels("served" if page is not None else "stale").inc()
         with self._lock:
@@ -133,5 +168,4 @@ class ReadAhead:
 
     def close(self) -> None:
         self._reader.shutdown(wait=True, cancel_futures=True)
-        with self._watch_lock:
-            self._watch.close()
+        self.version.close()

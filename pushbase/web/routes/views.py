@@ -87,7 +87,7 @@ async def _json_page(request: Request, view: str, limit: int | None, after: str 
     if ahead is not None and (prepared := ahead.take((view, limit, after))) is not None:
         with contextlib.suppress(Exception):  # a failed read: ``served`` drops it, the request reads again
             await asyncio.wrap_future(prepared.future)
-        page = ahead.served(prepared)
+        page = await threaded(ahead.served, prepared)
     if page is None:
         page, clocked = await threaded(_read_page, store, view, limit, after)
     if ahead is not None and page.next is not None and not clocked:
