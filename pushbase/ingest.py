@@ -198,9 +198,11 @@ def accept_job(
     if payload.failed is not None:
         # The body is not kept: a job that broke a rule is never run again.
         values.update(status="ErrorExit", body=None, errors=payload.failed.errors, reason=payload.failed.reason, started_at=now, finished_at=now)
-    elif operation == "load" and payload.dataset is not None and payload.count <= INLINE_LOAD_ROWS:
+    elif operation == "load" and payload.dataset is not None and 0 < payload.count <= INLINE_LOAD_ROWS:
         if _load_at_accept(store, job_id, values, payload):
             return job_id, "Complete"
+        # A new id: the failed transaction may still have committed (a connection lost at its commit).
+        job_id = values["id"] = new_job_id()
     handoff = _handoff(store)
     if payload.failed is None:
         # Handed over before the commit: the worker, woken by it, finds the payload already there (and
@@ -208,6 +210,8 @@ def accept_job(
         handoff.put(job_id, payload)
     try:
         with store.write() as conn:
+            if payload.failed is None:
+                store.lock_dataset_acceptance(conn, dataset.id)  # see _load_at_accept
             # One statement object with its values as parameters: SQLAlchemy reuses its compiled form (a
             # fresh ``insert().values(...)`` per call costs about a millisecond more, in the write lock).
             conn.execute(_INSERT_JOB, values)
@@ -235,6 +239,9 @@ def _load_at_accept(store: Store, job_id: str, values: dict[str, Any], payload: 
     assert payload.dataset is not None
     try:
         with store.write() as conn:
+            # Held to the commit, also by the background path's acceptance: a job accepted meanwhile
+            # (PostgreSQL, another thread or process) is either seen below or accepted after this one.
+            store.lock_dataset_acceptance(conn, payload.dataset.id)
             if conn.execute(_UNFINISHED_JOB_OF_DATASET, {"dataset_id": payload.dataset.id}).first() is not None:
                 return False
             conn.execute(_INSERT_JOB, {**values, "body": None})

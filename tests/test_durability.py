@@ -75,6 +75,8 @@ def test_a_version_1_database_upgrades_in_place(db_url):
     try:
         with store.write() as conn:
             schema.upgrade(conn, target=1)
+            # Version 1 databases were made without the (dataset, status) index of version 3.
+            conn.exec_driver_sql("DROP INDEX IF EXISTS pb_jobs_dataset_status")
         with store.read() as conn:
             assert schema.current_version(conn) == 1
             assert not sa.inspect(conn).has_table("pb_views")
@@ -87,6 +89,7 @@ def test_a_version_1_database_upgrades_in_place(db_url):
         with upgraded.read() as conn:
             assert schema.current_version(conn) == schema.SCHEMA_VERSION
             assert sa.inspect(conn).has_table("pb_views") and sa.inspect(conn).has_table("pb_pushes")
+            assert "pb_jobs_dataset_status" in {i["name"] for i in sa.inspect(conn).get_indexes("pb_jobs")}
             assert conn.execute(sa.select(sa.func.count()).select_from(schema.keys)).scalar() == 1
     finally:
         upgraded.close()

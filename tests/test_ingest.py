@@ -455,3 +455,67 @@ def test_patching_a_json_value_with_a_long_integer_is_a_422_naming_it(orders):
     assert r.status_code == 422, r.text
     assert str(LONG) in r.text
     assert orders.get("/api/datasets/orders/rows").json()["rows"][0]["meta"] == {"n": 1}
+
+
+def test_the_waiting_job_check_of_a_small_load_reads_only_its_datasets_unfinished_jobs(tmp_path):
+    """Asked under the write lock by every small load: it must not walk every job the dataset ever had
+    (SQLite's plan; PostgreSQL plans it by its statistics)."""
+    from pushbase import ingest
+    from pushbase.storage import open_store
+
+    store = open_store(str(tmp_path / "plan.db"))
+    try:
+        with store.read() as conn:
+            sql = ingest._UNFINISHED_JOB_OF_DATASET.params(dataset_id=1).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    finally:
+        store.close()
+    assert "pb_jobs_dataset_status" in plan, plan
+
+
+def test_postgresql_accepts_one_job_of_a_dataset_at_a_time(pg_store):
+    """A small load accepted while another job of its dataset is being accepted (not yet committed) must
+    wait for that acceptance: else it would not see the job, load at once, and be overwritten when the
+    earlier-accepted job loads after it."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from pushbase import datasets, ingest
+    from pushbase.storage.schema import jobs
+
+    store = pg_store
+    dataset = datasets.create_dataset(store, {"name": "orders", "columns": COLS, "unique_id": ["order_id"]})
+    inserted, release = threading.Event(), threading.Event()
+
+    def earlier_acceptance() -> None:  # what accept_job's background path does, held open
+        with store.write() as conn:
+            store.lock_dataset_acceptance(conn, dataset.id)
+            conn.execute(jobs.insert(), {"id": "job_earlier", "dataset_id": dataset.id, "dataset_name": "orders", "operation": "load",
+                                         "status": "Initializing", "content_type": "application/json", "body": b"[]", "source": "test",
+                                         "errors": [], "created_at": ingest.utc_now()})
+            inserted.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=earlier_acceptance)
+    holder.start()
+    assert inserted.wait(60)
+    outcome: list[tuple[str, str]] = []
+    body = orjson.dumps([{"order_id": 1, "customer": "later"}])
+    later = threading.Thread(target=lambda: outcome.append(
+        ingest.accept_job(store, dataset, "load", ingest.prepare_payload(store, dataset, "load", body, "application/json"), body, "application/json")))
+    later.start()
+    try:
+        waiting = 0
+        for _ in range(600):  # until the later acceptance waits for the earlier one's lock
+            with store.read() as conn:
+                waiting = conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar()
+            if waiting:
+                break
+            later.join(0.05)
+        assert waiting, "the later acceptance did not wait for the earlier one"
+    finally:
+        release.set()
+        holder.join(60)
+        later.join(60)
+    assert outcome and outcome[0][1] == "Initializing", outcome  # behind the earlier job, not loaded at once

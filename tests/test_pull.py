@@ -275,6 +275,7 @@ def test_a_change_committed_between_pages_is_in_the_next_page(typed: Api, store:
     second = typed.get("/api/views/plain/rows", params={"limit": 3, "after": first["next"]}).json()
     ahead = typed.client.app.state.read_ahead
     # The third page has been read ahead, before the change below: it must not be served.
+    assert len(ahead._pages) == 1
     for prepared in list(ahead._pages.values()):
         prepared.future.result(timeout=60)
     assert typed.patch(f"/api/datasets/typed/rows/{ids[8]}", json={"s": "changed after"}).status_code == 200
@@ -316,3 +317,33 @@ def test_read_ahead_pauses_while_its_pages_keep_going_stale(tmp_path: Any) -> No
     finally:
         ahead.close()
         writer.close()
+
+
+def test_read_ahead_queues_at_most_one_read_behind_the_one_running(tmp_path: Any) -> None:
+    """Clients paging faster than the reader reads must not pile up reads of pages nobody will take."""
+    import sqlite3
+    import threading
+
+    from pushbase.views.query import JsonPage
+    from pushbase.views.readahead import ReadAhead, _SqliteVersion
+
+    path = str(tmp_path / "ahead.db")
+    sqlite3.connect(path).close()
+    ahead = ReadAhead(_SqliteVersion(path))
+    gate = threading.Event()
+    reads: list[int] = []
+
+    def slow(i: int) -> JsonPage:
+        reads.append(i)
+        gate.wait(30)
+        return JsonPage(b"[]", None)
+
+    try:
+        for i in range(20):
+            ahead.prepare(("v", None, str(i)), lambda i=i: slow(i))
+        gate.set()
+        ahead._reader.submit(lambda: None).result(timeout=30)  # every read still queued has run by now
+        assert len(reads) <= 2, reads
+    finally:
+        gate.set()
+        ahead.close()

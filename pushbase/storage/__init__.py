@@ -173,6 +173,13 @@ class Store:
         if self.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(727400002, :id)"), {"id": dataset_id})
 
+    def lock_dataset_acceptance(self, conn: sa.Connection, dataset_id: int) -> None:
+        """Serialise the acceptance of jobs of one dataset until commit (PostgreSQL; SQLite's write lock
+        already does): a job accepted while another's acceptance is still uncommitted would not see it,
+        and could be loaded before it although accepted after it."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(727400003, :id)"), {"id": dataset_id})
+
     def skip_locked(self, select: sa.Select) -> sa.Select:
         if self.dialect == "postgresql":
             return select.with_for_update(skip_locked=True)

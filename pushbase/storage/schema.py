@@ -92,6 +92,9 @@ jobs = sa.Table(
     _ts("created_at", False),
     _ts("started_at"),
     _ts("finished_at"),
+    # "Is a job of this dataset still waiting?", asked by every small load under the write lock: the
+    # index on dataset_id alone walked every job the dataset ever had (45 ms with 300,000).
+    sa.Index("pb_jobs_dataset_status", "dataset_id", "status"),
 )
 
 views = sa.Table(
@@ -211,7 +214,13 @@ def _create(names: tuple[str, ...]) -> Callable[[sa.Connection], None]:
     return step
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_create(_V1), _create(_V2)]
+def _index_jobs_by_dataset_and_status(conn: sa.Connection) -> None:
+    # A database made at version 1 or 2 lacks it; one made since has it from create_all.
+    next(i for i in jobs.indexes if i.name == "pb_jobs_dataset_status").create(conn, checkfirst=True)
+
+
+# Version 3 indexes jobs by (dataset, status).
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_create(_V1), _create(_V2), _index_jobs_by_dataset_and_status]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -105,6 +105,7 @@ class ReadAhead:
         self._pages: OrderedDict[tuple[Any, ...], _Prepared] = OrderedDict()
         self._recent: deque[bool] = deque(maxlen=self.RECENT)  # True: served, False: stale
         self._paused_until = 0.0
+        self._closed = False
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pushbase-read-ahead")
 
     @classmethod
@@ -122,13 +123,18 @@ class ReadAhead:
         return version, read()
 
     def prepare(self, key: tuple[Any, ...], read: Callable[[], JsonPage]) -> None:
-        """Start reading the page ``key`` (unless it is already prepared or being read)."""
+        """Start reading the page ``key``, unless it is already prepared or being read, read-ahead is
+        paused or closed, or a read is already waiting for the reader (then the clients page faster
+        than it reads: the queue would only grow, with pages read for nobody)."""
         now = time.monotonic()
         with self._lock:
-            if key in self._pages or now < self._paused_until:
+            if self._closed or key in self._pages or now < self._paused_until:
+                return
+            if any(not p.future.running() and not p.future.done() for p in self._pages.values()):
                 return
             while len(self._pages) >= self.MAX_PAGES:
-                self._pages.popitem(last=False)
+                _key, evicted = self._pages.popitem(last=False)
+                evicted.future.cancel()
                 READ_AHEAD.labels("unused").inc()
             self._pages[key] = _Prepared(self._reader.submit(self._versioned, read), now)
 
@@ -139,7 +145,7 @@ class ReadAhead:
             prepared = self._pages.pop(key, None)
         if prepared is None:
             return None
-        if time.monotonic() - prepared.since > self.TTL_SECONDS or prepared.future.cancel():
+        if prepared.future.cancel() or time.monotonic() - prepared.since > self.TTL_SECONDS:
             READ_AHEAD.labels("unused").inc()
             return None
         return prepared
@@ -152,8 +158,12 @@ class ReadAhead:
             version, page = prepared.future.result(timeout=0)
         except Exception:  # noqa: BLE001 - the request reads the page itself, and meets the error itself
             version, page = None, None
-        if page is not None and self.version() != version:
-            page = None
+        if page is not None:
+            try:
+                if self.version() != version:
+                    page = None
+            except Exception:  # noqa: BLE001 - cannot tell: the request reads the page itself
+                page = None
         READ_AHEAD.labels("served" if page is not None else "stale").inc()
         with self._lock:
             self._recent.append(page is not None)
@@ -167,5 +177,8 @@ class ReadAhead:
         return time.monotonic() < self._paused_until
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._pages.clear()
         self._reader.shutdown(wait=True, cancel_futures=True)
         self.version.close()

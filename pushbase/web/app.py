@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         app.state.store = store or open_store(settings.db)
         # One outbound client for the API process (custom actions, task runs); the worker has its own.
         app.state.outbound = OutboundClient(allow_private=settings.allow_private_targets)
+        app.state.read_ahead = ReadAhead.for_store(app.state.store)
         worker = None
         listener = None
         if not run_worker and app.state.store.dialect == "postgresql":
@@ -46,7 +47,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             worker = Worker(app.state.store, settings)
             await worker.start()
         app.state.worker = worker
-        app.state.read_ahead = ReadAhead.for_store(app.state.store)
         try:
             yield
         finally:
