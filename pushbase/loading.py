@@ -163,7 +163,7 @@ def _fast_ok(column_type: str, values: list[Any]) -> bool:
 def _check_column(store: Store, name: str, column_type: str, values: list[Any], errors: _Errors) -> list[Any]:
     encode = stored_encoder(store.dialect, column_type)
     if _fast_ok(column_type, values):
-        return _sqlite_bools(values) if column_type == "boolean" and store.dialect == "sqlite" else values
+        return values if encode is codecs.identity else list(map(encode, values))
     validate = validator_for(column_type)
     out: list[Any] = []
     # Dates and datetimes repeat a lot within a payload; parse each distinct text once.
@@ -330,43 +330,9 @@ def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> 
         if all(v is not None and v.tzinfo is dt.timezone.utc for v in values):
             return None
         return [None if v is None else _utc(v) for v in values]
-    if column_type == "date" and dialect == "sqlite":
-        return _date_texts(values)
-    if column_type == "boolean" and dialect == "sqlite":
-        return _sqlite_bools(values)
+    if column_type in ("date", "boolean") and dialect == "sqlite":
+        return list(map(codecs.encoder(dialect, column_type), values))
     return None
-
-
-_SQLITE_BOOL = {True: 1, False: 0, None: None}
-
-
-def _sqlite_bools(values: Sequence[Any]) -> list[Any]:
-    """Booleans as the ints SQLite stores. Python's sqlite3 binds an exact int at once, but a bool (a
-    subclass) first goes through its adaptation lookup, which raised and cleared two AttributeErrors
-    per value (about 6,000 CPU instructions, a seventh of an ingested row's cost). A dict lookup per
-    value, mapped in C: a third of a comprehension's cost."""
-    return list(map(_SQLITE_BOOL.__getitem__, values))
-
-
-class _DateTexts(dict):  # type: ignore[type-arg]
-    """date -> its ISO text, formatted on first sight (``None`` stays ``None``)."""
-
-    def __missing__(self, day: dt.date) -> str:
-        text = self[day] = day.isoformat()
-        return text
-
-
-_DATE_TEXT = _DateTexts({None: None})
-
-
-def _date_texts(values: Sequence[Any]) -> list[Any]:
-    """Dates as SQLite stores them (ISO text). ``date.isoformat`` costs about as much as decoding the
-    date, and a dataset's dates repeat (days, not instants): each distinct date is formatted once,
-    in a table bounded to 50,000 dates, looked up in C (``map`` over the table's ``__getitem__``)."""
-    if len(_DATE_TEXT) > 50_000:
-        _DATE_TEXT.clear()
-        _DATE_TEXT[None] = None  # type: ignore[index]
-    return list(map(_DATE_TEXT.__getitem__, values))
 
 
 def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:

@@ -83,12 +83,30 @@ def _json_text(value: Any) -> Any:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _bool_int(value: Any) -> Any:
-    return None if value is None else int(value)
+class _Lookup(dict):  # type: ignore[type-arg]
+    """A conversion as a dict lookup: ``map(table.__getitem__, values)`` runs it in C, at a fraction of a
+    Python function's call per value (these run for every value of every load and pull). A value not
+    in the table goes through ``miss``; with ``remember``, its result is kept, up to ``bound`` entries
+    (never cleared, so that lookups from other threads never see the table emptied)."""
+
+    def __init__(self, table: dict[Any, Any], miss: Callable[[Any], Any], *, remember: bool = False, bound: int = 50_000) -> None:
+        super().__init__(table)
+        self._miss = miss
+        self._remember = remember
+        self._bound = bound
+
+    def __missing__(self, value: Any) -> Any:
+        result = self._miss(value)
+        if self._remember and len(self) < self._bound:
+            self[value] = result
+        return result
 
 
-def _date_text(value: Any) -> Any:
-    return None if value is None else value.isoformat()
+# SQLite: booleans bound as exact ints (Python's sqlite3 sent each bool through its adaptation lookup,
+# which raised and cleared two AttributeErrors per value); each distinct date formatted once (a
+# dataset's dates repeat: days, not instants).
+_bool_int = _Lookup({True: 1, False: 0, None: None}, int).__getitem__
+_date_text = _Lookup({None: None}, lambda day: day.isoformat(), remember=True).__getitem__
 
 
 def _dt_micros(value: Any) -> Any:
@@ -105,15 +123,8 @@ def _dec_json_text(value: Any) -> Any:
     return None if value is None else orjson.loads(value)
 
 
-class _BoolsFromInts(dict):  # type: ignore[type-arg]
-    """SQLite's stored 0/1 (and null) -> False/True (None), by a dict lookup: called per value on every
-    pull of a boolean column, and a lookup costs a fraction of a Python function's call."""
-
-    def __missing__(self, value: Any) -> bool:
-        return bool(value)  # not 0 or 1 (a boolean calculation's result, say): truthiness, as SQLite's
-
-
-_dec_bool = _BoolsFromInts({0: False, 1: True, None: None}).__getitem__
+# Not 0 or 1 (a boolean calculation's result, say): truthiness, as SQLite's.
+_dec_bool = _Lookup({0: False, 1: True, None: None}, bool).__getitem__
 
 
 def _dec_micros(value: Any) -> Any:
