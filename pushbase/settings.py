@@ -16,6 +16,7 @@ SETTINGS: tuple[tuple[str, str, object, str], ...] = (
     ("allow_private_targets", "PUSHBASE_ALLOW_PRIVATE_TARGETS", False, "let pushes, actions and tasks call loopback and private addresses"),
     ("sweep_seconds", "PUSHBASE_SWEEP_SECONDS", 30.0, "how often pushes re-check views whose rows match because of time alone (now())"),
     ("linger_seconds", "PUSHBASE_LINGER_SECONDS", 0.05, "with min_interval 0, how long after its last call a push holds new data back to batch it (a quiet push calls at once)"),
+    ("linger_max_seconds", "PUSHBASE_LINGER_MAX_SECONDS", 0.5, "while write transactions queue, the linger grows by linger_seconds for each one queued, up to this"),
 )
 
 
@@ -43,6 +44,7 @@ class Settings:
     allow_private_targets: bool = False
     sweep_seconds: float = 30.0
     linger_seconds: float = 0.05
+    linger_max_seconds: float = 0.5
     secrets: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod

@@ -13,7 +13,8 @@
 - ``min_interval`` 0 means as soon as data arrives. A quiet push calls at once; rows that arrive while
   a call is in flight go out together in the next call, and a data wake-up within ``linger_seconds``
   of the push's last call waits until that much time has passed, so a stream of small loads is
-  batched instead of sent load by load.
+  batched instead of sent load by load. That linger grows with the store's write pressure (see
+  ``PushEngine.linger_seconds``).
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ class _Runner:
             if self.linger and self.engine.settings.linger_seconds > 0:
                 # Data while the push is quiet goes out at once; data that keeps coming right after a
                 # call waits until ``linger_seconds`` after it, so a stream of small loads is batched.
-                hold = self._last_call + self.engine.settings.linger_seconds - asyncio.get_running_loop().time()
+                hold = self._last_call + self.engine.linger_seconds() - asyncio.get_running_loop().time()
                 if hold > 0:
                     await asyncio.sleep(hold)
             self.event.clear()
@@ -267,6 +268,14 @@ class PushEngine:
             client, self._client = self._client, None
             await client.aclose()
         self._threads.shutdown()
+
+    def linger_seconds(self) -> float:
+        """How long after its last call a push holds new data back: ``linger_seconds``, and as much
+        again for each write transaction queued on average lately (up to ``linger_max_seconds``). A
+        call costs the writer two transactions whatever it carries, so while the writer is busy,
+        calls that carry more rows leave it to the loads, and the rows still go out within the cap."""
+        base = self.settings.linger_seconds
+        return min(max(base, self.settings.linger_max_seconds), base * max(1.0, self.store.write_pressure.level()))
 
     @property
     def client(self) -> OutboundClient:

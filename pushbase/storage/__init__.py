@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from . import codecs, schema
+from .pressure import WritePressure
 from ..errors import DatabaseUnavailable
 
 __all__ = ["Store", "open_store", "DatasetColumns", "LightConnection", "NeedsConnection", "schema", "codecs"]
@@ -78,6 +79,7 @@ class Store:
         # through it, and firing them locally as well would deliver each twice.
         self.hears_own_notifications = False
         self._checkpointer: _Checkpointer | None = None
+        self.write_pressure = WritePressure()
         if self.dialect == "sqlite":
             self.write_engine, self.read_engine = _sqlite_engines(url)
             self._checkpointer = _Checkpointer(_sqlite_path(url))
@@ -105,7 +107,7 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        with self.write_engine.begin() as conn:
+        with self.write_pressure.counted(), self.write_engine.begin() as conn:
             conn.info[_PENDING_NOTIFICATIONS] = pending = []
             conn.info[_PENDING_PG_NOTIFY] = to_send = []
             try:
@@ -125,26 +127,27 @@ class Store:
         same pooled connection (SQLite's one writer, ``BEGIN IMMEDIATE``), the same notifications after
         the commit, without SQLAlchemy's Connection, its begin/commit events and execution contexts
         (about 0.1 ms a transaction). Anything else raises ``NeedsConnection`` after a rollback."""
-        fairy = self.write_engine.raw_connection()
-        try:
-            dbapi = fairy.dbapi_connection
-            pending: list[tuple[str, str]] = []
-            to_send: list[tuple[str, str]] = []
-            conn = LightConnection(self.write_engine.dialect, fairy, {_PENDING_NOTIFICATIONS: pending, _PENDING_PG_NOTIFY: to_send})
+        with self.write_pressure.counted():
+            fairy = self.write_engine.raw_connection()
             try:
-                if self.dialect == "sqlite":
-                    dbapi.execute("BEGIN IMMEDIATE")
-                yield conn
-                _send_pg_notify(dbapi, to_send)
-                dbapi.commit()
-            except BaseException:
+                dbapi = fairy.dbapi_connection
+                pending: list[tuple[str, str]] = []
+                to_send: list[tuple[str, str]] = []
+                conn = LightConnection(self.write_engine.dialect, fairy, {_PENDING_NOTIFICATIONS: pending, _PENDING_PG_NOTIFY: to_send})
                 try:
-                    dbapi.rollback()
-                except Exception:  # noqa: BLE001 - a broken connection must not go back to the pool
-                    fairy.invalidate()
-                raise
-        finally:
-            fairy.close()
+                    if self.dialect == "sqlite":
+                        dbapi.execute("BEGIN IMMEDIATE")
+                    yield conn
+                    _send_pg_notify(dbapi, to_send)
+                    dbapi.commit()
+                except BaseException:
+                    try:
+                        dbapi.rollback()
+                    except Exception:  # noqa: BLE001 - a broken connection must not go back to the pool
+                        fairy.invalidate()
+                    raise
+            finally:
+                fairy.close()
         for channel, payload in pending:
             self.fire_local(channel, payload)
 
@@ -500,3 +503,4 @@ def open_store(target: str | None = None, *, upgrade: bool = True) -> Store:
 
 def _without_password(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
