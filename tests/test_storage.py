@@ -209,3 +209,55 @@ def test_sqlite_booleans_read_back_as_json_booleans() -> None:
     decode = codecs.decoder("sqlite", "boolean")
     assert [decode(v) for v in (0, 1, None, 2, -1)] == [False, True, None, True, True]
     assert all(type(decode(v)) is bool for v in (0, 1, 2))
+
+
+def test_writers_take_turns_so_none_waits_forever(store: Store) -> None:
+    """Threads that write back to back must not keep the writer among themselves: another thread's
+    write gets its turn (before: on SQLite it waited the pool's 120 s and failed)."""
+    stop = threading.Event()
+    counts = [0] * 4
+
+    def write_back_to_back(slot: int) -> None:
+        while not stop.is_set():
+            with store.write() as conn:
+                _INSERT_META.run(conn, {"k": f"busy{slot}-{counts[slot]}", "v": "1"})
+            counts[slot] += 1
+
+    busy = [threading.Thread(target=write_back_to_back, args=(i,), daemon=True) for i in range(len(counts))]
+    for thread in busy:
+        thread.start()
+    try:
+        for i in range(20):
+            with store.light_write() if i % 2 else store.write() as conn:
+                _INSERT_META.run(conn, {"k": f"turn{i}", "v": "1"})
+    finally:
+        stop.set()
+        for thread in busy:
+            thread.join(timeout=30)
+    assert _count_meta(store, "turn19") == 1
+    assert all(counts), counts  # and the busy writers all wrote too
+
+
+def test_a_writer_that_cannot_get_its_turn_gives_up_with_a_clear_error() -> None:
+    from pushbase.errors import DatabaseUnavailable
+    from pushbase.storage.writer import WriterTurns
+
+    turns = WriterTurns(timeout=0.2)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hold() -> None:
+        with turns.turn():
+            entered.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert entered.wait(timeout=30)
+    with pytest.raises(DatabaseUnavailable, match="busy"):
+        with turns.turn():
+            pass
+    release.set()
+    holder.join(timeout=30)
+    with turns.turn():  # the one that gave up left no place behind: the turn is free
+        pass

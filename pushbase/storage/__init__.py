@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from . import codecs, schema
-from .pressure import WritePressure
+from .writer import WritePressure, WriterTurns
 from ..errors import DatabaseUnavailable
 
 __all__ = ["Store", "open_store", "DatasetColumns", "LightConnection", "NeedsConnection", "schema", "codecs"]
@@ -80,6 +80,10 @@ class Store:
         self.hears_own_notifications = False
         self._checkpointer: _Checkpointer | None = None
         self.write_pressure = WritePressure()
+        # SQLite's one writer goes round in turns; PostgreSQL's pool has room for many writers.
+        self._writer_turn: Callable[[], contextlib.AbstractContextManager[None]] = (
+            WriterTurns().turn if self.dialect == "sqlite" else contextlib.nullcontext
+        )
         if self.dialect == "sqlite":
             self.write_engine, self.read_engine = _sqlite_engines(url)
             self._checkpointer = _Checkpointer(_sqlite_path(url))
@@ -107,7 +111,7 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        with self.write_pressure.counted(), self.write_engine.begin() as conn:
+        with self.write_pressure.counted(), self._writer_turn(), self.write_engine.begin() as conn:
             conn.info[_PENDING_NOTIFICATIONS] = pending = []
             conn.info[_PENDING_PG_NOTIFY] = to_send = []
             try:
@@ -127,7 +131,7 @@ class Store:
         same pooled connection (SQLite's one writer, ``BEGIN IMMEDIATE``), the same notifications after
         the commit, without SQLAlchemy's Connection, its begin/commit events and execution contexts
         (about 0.1 ms a transaction). Anything else raises ``NeedsConnection`` after a rollback."""
-        with self.write_pressure.counted():
+        with self.write_pressure.counted(), self._writer_turn():
             fairy = self.write_engine.raw_connection()
             try:
                 dbapi = fairy.dbapi_connection
