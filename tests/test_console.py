@@ -137,3 +137,27 @@ def test_task_run_from_the_console_shows_each_step(browser_page, served):
         assert {k.lower(): v for k, v in sent["/data"].headers.items()}["authorization"] == "Bearer t-1"
         page.reload()
         expect(page.locator("[data-testid=task-runs]")).to_contain_text("failed")
+
+
+def test_a_slow_earlier_page_never_draws_over_the_page_now_shown(browser_page, served):
+    server, key = served
+    headers = {"x-api-key": key}
+    cols = [{"name": "order_id", "type": "integer"}, {"name": "last pushed", "type": "datetime"}]
+    httpx.post(server.url + "/api/datasets", json={"name": "orders", "columns": cols, "unique_id": ["order_id"]}, headers=headers)
+    httpx.post(server.url + "/api/views", json={"name": "fresh", "dataset": "orders"}, headers=headers)
+    body = {"name": "out", "view": "fresh", "url": "https://example.com/hook", "log_time_field": "last pushed", "min_interval": "1d", "enabled": False}
+    assert httpx.post(server.url + "/api/pushes", json=body, headers=headers).status_code == 201
+    page = browser_page
+    login(page, server, key)
+    held = []
+    page.route("**/api/pushes", lambda route: held.append(route))  # the list's answer waits for us
+    page.goto(server.url + "/console#/pushes")
+    while not held:
+        page.wait_for_timeout(20)
+    page.goto(server.url + "/console#/pushes/out")
+    expect(page.locator("h1")).to_have_text("Push out")
+    with page.expect_response("**/api/pushes"):
+        held[0].continue_()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 50))")  # let the late answer be handled
+    expect(page.locator("h1")).to_have_text("Push out")
+    expect(page.locator("[data-testid=pushes]")).to_have_count(0)

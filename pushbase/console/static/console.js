@@ -35,12 +35,19 @@ class ApiError extends Error {
   }
 }
 
+// Bumped by every navigation: an answer that arrives after the page changed is dropped (StalePage),
+// so a slow earlier page never draws over the one now shown.
+let pageGeneration = 0;
+class StalePage extends Error {}
+
 async function api(method, path, body) {
+  const generation = pageGeneration;
   const headers = { "x-api-key": key() };
   const options = { method, headers };
   if (body !== undefined) { headers["content-type"] = "application/json"; options.body = JSON.stringify(body); }
   const response = await fetch(path, options);
   const text = await response.text();
+  if (generation !== pageGeneration) throw new StalePage(path);
   let parsed = null;
   try { parsed = text ? JSON.parse(text) : null; } catch (_) { parsed = { raw: text }; }
   if (!response.ok) throw new ApiError(response.status, parsed);
@@ -266,13 +273,17 @@ const routes = [
 ];
 
 async function route() {
+  pageGeneration += 1;
   const hash = location.hash || "#/";
   for (const [pattern, page] of routes) {
     const match = hash.match(pattern);
     if (match) {
       if (!key()) { main.replaceChildren(el("p", { class: "bad" }, "Enter your API key above to begin.")); return; }
       try { await page(...match.slice(1).map(decodeURIComponent)); }
-      catch (e) { main.replaceChildren(e instanceof ApiError ? errorBox(e) : el("div", { class: "error" }, String(e))); }
+      catch (e) {
+        if (e instanceof StalePage) return;
+        main.replaceChildren(e instanceof ApiError ? errorBox(e) : el("div", { class: "error" }, String(e)));
+      }
       return;
     }
   }
