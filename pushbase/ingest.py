@@ -5,10 +5,11 @@ recorded ``ErrorExit`` with its errors). A load of up to ``INLINE_LOAD_ROWS`` ro
 of its dataset is still waiting, is loaded then and there: the job row and its rows are committed in
 one transaction before the 202, which says ``Complete`` (no body is stored, no worker is involved).
 Any other job is stored as a job row with its body and committed — only then is it answered 202, so
-an accepted job survives a crash. The checked payload is handed to this process's worker in memory, which claims the job, loads it and records ``Complete`` (dropping the
-body) in one transaction: a job is all-or-nothing. A job without a handed-off payload (after a
-restart, or accepted by another process) is claimed (``Validating``), its stored body read and
-checked, then loaded in one transaction (``Loading``). A job found half-way after a crash is simply
+an accepted job survives a crash. The checked payload is handed to this process's worker in memory,
+which claims the job, loads it and records ``Complete`` (dropping the body) in one transaction: a
+job is all-or-nothing. A job without a handed-off payload (after a restart, or accepted by another
+process) is claimed (``Validating``), its stored body read and checked, then loaded in one
+transaction (``Loading``). A job found half-way after a crash is simply
 run again: its load transaction never committed.
 
 Rules (docs/push-api.md): a row that does not match the dataset's types, misses a unique-id value,

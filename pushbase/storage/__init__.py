@@ -81,13 +81,11 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self.write_pressure = WritePressure()
         # SQLite's one writer goes round in turns; PostgreSQL's pool has room for many writers.
-        self._writer_turn: Callable[[], contextlib.AbstractContextManager[None]] = (
-            WriterTurns().turn if self.dialect == "sqlite" else contextlib.nullcontext
-        )
+        self._writer_turn: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
         if self.dialect == "sqlite":
+            self._writer_turn = WriterTurns().turn
             self.write_engine, self.read_engine = _sqlite_engines(url)
-            self._checkpointer = _Checkpointer(_sqlite_path(url))
-            event.listen(self.write_engine, "checkout", self._checkpointer.finish_on_writer)
+            self._checkpointer = _Checkpointer(_sqlite_path(url), self._writer_turn)
             self._checkpointer.start()
         else:
             engine = sa.create_engine(
@@ -294,19 +292,19 @@ class _Checkpointer:
     Under writes that never pause (a sustained ingest), a PASSIVE round never does: writers append
     while it copies. The WAL then grew by everything written (94 MB per 200,000 bench rows, without
     end), and every write extended the file, which the kernel zeroes block by block (7% of the
-    server's CPU during an ingest). So when a round finds a long WAL, the next writer of this process
-    finishes the checkpoint (what was appended during the round) before its transaction, with no other
-    writer in between; its own write then starts the WAL over (unless a reader still reads an older
-    snapshot of it: then a later round tries again)."""
+    server's CPU during an ingest). So when a round finds a long WAL, it takes a turn at the writer
+    (``WriterTurns``) and finishes the checkpoint there, with no writer appending; the next write then
+    starts the WAL over (unless a reader still reads an older snapshot of it: then a later round tries
+    again)."""
 
-    # Frames (pages) past which the WAL is long enough to have the writer finish a round: 16 MB.
+    # Frames (pages) past which the WAL is long enough to finish a round in a writer turn: 16 MB.
     RESTART_FRAMES = 4096
 
-    def __init__(self, path: str, every_seconds: float = 0.5) -> None:
+    def __init__(self, path: str, writer_turn: Callable[[], contextlib.AbstractContextManager[None]], every_seconds: float = 0.5) -> None:
         self.path = path
         self.every = every_seconds
-        self.finish_wanted = False
         self.rounds = 0
+        self._writer_turn = writer_turn
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pushbase-sqlite-checkpoint", daemon=True)
 
@@ -332,23 +330,11 @@ class _Checkpointer:
         except sqlite3.Error:
             return 0  # the next round will do it
 
-    def finish_on_writer(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        """Pool ``checkout`` listener of the write engine: when a round asked for it, the writer finishes
-        the checkpoint before its transaction (asked of the writer rather than taken from it: a writer
-        looping without a pause got the pool's one connection back before a waiting thread woke)."""
-        if not self.finish_wanted:
-            return
-        self.finish_wanted = False
-        try:
-            dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            pass  # the next round will ask again
-
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            frames = self._checkpoint("PASSIVE")
-            if frames > self.RESTART_FRAMES:
-                self.finish_wanted = True
+            if self._checkpoint("PASSIVE") > self.RESTART_FRAMES:
+                with contextlib.suppress(DatabaseUnavailable), self._writer_turn():  # writes kept it 120 s: next round
+                    self._checkpoint("PASSIVE")
             self.rounds += 1
 
 
@@ -507,4 +493,3 @@ def open_store(target: str | None = None, *, upgrade: bool = True) -> Store:
 
 def _without_password(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
-

@@ -3,15 +3,13 @@
 SQLite has one writer connection. Its pool hands it to whichever thread asks while it is free, and a
 thread that writes back to back asks again at once, before the threads woken for it can run: they
 could wait until the pool gives up (120 s). ``WriterTurns`` hands the writer over in the order it was
-asked for instead.
+asked for instead (the WAL checkpointer takes a turn too, to finish a round with no writer appending).
 
-``WritePressure`` is the number of write transactions holding or waiting for the writer, averaged
-over the last fraction of a second.
-
-SQLite has one writer, and on PostgreSQL too the writes of one process queue for the same CPU and
-pool. Work that can wait reads this to yield to work that cannot: a push with ``min_interval`` 0
-lingers longer while transactions queue, so its next call carries more rows and costs the writer
-fewer transactions (see ``push.engine``), and loads keep their pace.
+``WritePressure`` is the number of write transactions holding or waiting for the writer (on
+PostgreSQL: open), averaged over the last fraction of a second. Work that can wait reads it to yield
+to work that cannot: a push with ``min_interval`` 0 lingers longer while transactions queue, so its
+next call carries more rows and costs the writer fewer transactions (see ``push.engine``), and loads
+keep their pace.
 """
 from __future__ import annotations
 
