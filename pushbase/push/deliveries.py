@@ -258,7 +258,9 @@ class Target:
                 quote = conn.dialect.identifier_preparer.quote
                 found = (
                     f"UPDATE {quote(self.query.table.name)} AS t SET {quote(self.log_col)} = %(v)s "
-                    "FROM unnest(%(ids)s::bigint[], %(ms)s::timestamptz[]) AS k(id, m) WHERE t._id = k.id AND t._modified = k.m",
+                    "FROM unnest(%(ids)s::bigint[], %(ms)s::bigint[]) AS k(id, m) WHERE t._id = k.id "
+                    # The marker in microseconds, made a timestamp exactly (whole seconds, then the rest).
+                    "AND t._modified = timestamptz 'epoch' + (k.m / 1000000) * interval '1 second' + mod(k.m, 1000000) * interval '1 microsecond'",
                     None,
                 )
             else:
@@ -612,8 +614,7 @@ def _succeed_pg(
             {
                 **params,
                 "v": value,
-                "ids": [k[0] for k in keys],
-                "ms": [codecs.micros_to_datetime(k[1]) for k in keys],
+                **_pg_keys(keys),
                 "attempts": orjson.dumps(params["attempts"]).decode(),
                 "channel": VIEW_EVENTS,
                 "head": head,
@@ -631,6 +632,13 @@ def _succeed_pg(
     return stamped
 
 
+def _pg_keys(keys: list[list[int]]) -> dict[str, str]:
+    """The stamp's ``ids`` and ``ms`` (markers in microseconds) as PostgreSQL array literals: psycopg
+    dumps a Python list element by element in Python, which cost the push engine a fifth of its
+    database work; the literal is joined in C."""
+    return {"ids": "{" + ",".join([str(k[0]) for k in keys]) + "}", "ms": "{" + ",".join([str(k[1]) for k in keys]) + "}"}
+
+
 def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[int]], at: dt.datetime) -> int:
     value = _stamp_value(store, keys, at)
     sql, names = target.stamp_sql(conn)
@@ -640,7 +648,7 @@ def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[in
         if names is None:  # PostgreSQL: one statement per chunk
             for start in range(0, len(keys), _STAMP_CHUNK_PG):
                 chunk = keys[start : start + _STAMP_CHUNK_PG]
-                cursor.execute(sql, {"v": value, "ids": [k[0] for k in chunk], "ms": [codecs.micros_to_datetime(k[1]) for k in chunk]})
+                cursor.execute(sql, {"v": value, **_pg_keys(chunk)})
                 stamped += max(cursor.rowcount, 0)
             return stamped
         chunks = (keys[start : start + _STAMP_CHUNK] for start in range(0, len(keys), _STAMP_CHUNK))
