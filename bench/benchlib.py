@@ -141,8 +141,9 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 class RssSampler:
     """Peak resident memory of a process and its children, sampled every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    def __init__(self, pid: int, interval: float = 0.02, others: tuple[int, ...] = ()) -> None:
         self.proc = psutil.Process(pid)
+        self.others = [psutil.Process(o) for o in others]  # more processes of the same system (workers)
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -151,7 +152,7 @@ class RssSampler:
     def current(self) -> int:
         total = 0
         try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
+            procs = [self.proc, *self.proc.children(recursive=True), *self.others]
         except psutil.Error:
             return 0
         for p in procs:
@@ -163,7 +164,7 @@ class RssSampler:
         """User + system CPU time used so far by the process and its children."""
         total = 0.0
         try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
+            procs = [self.proc, *self.proc.children(recursive=True), *self.others]
         except psutil.Error:
             return 0.0
         for p in procs:
@@ -213,8 +214,10 @@ class Pushbase:
 
 
 @contextlib.contextmanager
-def pushbase_server(db: str, workdir: Path, name: str) -> Iterator[Pushbase]:
-    """``pushbase keys create`` then ``pushbase serve`` on a free port, from the product's .venv."""
+def pushbase_server(db: str, workdir: Path, name: str, workers: int = 0) -> Iterator[Pushbase]:
+    """``pushbase keys create`` then ``pushbase serve`` on a free port, from the product's .venv. With
+    ``workers``, the API runs ``--no-worker`` and that many ``pushbase worker`` processes do the
+    background work (PostgreSQL's scale-out set-up); RSS and CPU then count them all."""
     exe = str(PRODUCT_BIN / "pushbase")
     env = {**os.environ, "PUSHBASE_LOG_LEVEL": "WARNING"}
     out = subprocess.run([exe, "keys", "create", "--name", "bench", "--scope", "admin", "--db", db],
@@ -223,12 +226,14 @@ def pushbase_server(db: str, workdir: Path, name: str) -> Iterator[Pushbase]:
     port = free_port()
     log = workdir / f"pushbase-{name}.log"
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([exe, "serve", "--db", db, "--port", str(port)], stdout=logf, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([exe, "serve", "--db", db, "--port", str(port), *(["--no-worker"] if workers else [])],
+                                stdout=logf, stderr=subprocess.STDOUT, env=env)
+        worker_procs = [subprocess.Popen([exe, "worker", "--db", db], stdout=logf, stderr=subprocess.STDOUT, env=env) for _ in range(workers)]
     server = Pushbase(proc, f"http://127.0.0.1:{port}", key, db, log)
     spy = None
     try:
         wait_http(server.url + "/healthz", proc, log=log)
-        server.rss = RssSampler(proc.pid).start()
+        server.rss = RssSampler(proc.pid, others=tuple(w.pid for w in worker_procs)).start()
         if PROFILE_DIR:
             spy = start_profiler(proc.pid, name)
         yield server
@@ -238,6 +243,8 @@ def pushbase_server(db: str, workdir: Path, name: str) -> Iterator[Pushbase]:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
+        for w in worker_procs:
+            stop_process(w)
         stop_process(proc)
 
 

@@ -16,6 +16,10 @@ Each engine gets a fresh ``pushbase serve`` (API and worker in one process) and 
     Time = enable -> the receiver has every row. Its bare loop (``receiver.py replay``: aiohttp, one
     task per push path posting that path's bodies in order, 20 at once) posts exactly the bodies the
     pushes sent, already in memory: no view to read, nothing to store or stamp.
+  - *arriving, API + 1 worker process* (PostgreSQL only): the arriving scenario again, with the API run
+    ``pushbase serve --no-worker`` and the pushes worked by one ``pushbase worker`` process, the
+    scale-out set-up PostgreSQL allows (docs/configuration.md); its bare loop runs in the same set-up.
+    Server CPU and RSS count both processes.
   Both scenarios also record the replay of their bodies (``replay_rows_per_s``), the raw capacity of
   the receiver and the network path.
 (b) Latency at low load: one push, one row per load (``?wait=true``), 50 ms apart. Latency = the job's
@@ -141,11 +145,13 @@ async def post_loads(url: str, headers: dict[str, str], items: list[tuple[str, l
     return job_ids
 
 
-def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int) -> list[dict[str, Any]]:
+def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int, workers: int = 0) -> list[dict[str, Any]]:
+    """The arriving and backlog scenarios in one ``pushbase serve``; with ``workers``, only the arriving
+    one, the API run ``--no-worker`` and the pushes worked by that many ``pushbase worker`` processes."""
     results = []
     rx = Receiver(work)
     try:
-        with B.pushbase_server(db, work, f"push-{engine}") as server:
+        with B.pushbase_server(db, work, f"push-{engine}-{workers}w", workers=workers) as server:
             api = httpx.Client(base_url=server.url, headers=server.headers, timeout=120)
             # (a0) the bare loop, facing the same arrival: datasets without pushes, the client sends each load on
             setup(api, rx, "c", PUSHES, enabled=False, batch_rows=batch_rows, pushes=False)
@@ -161,13 +167,17 @@ def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int) ->
             done = arrive(server, "a", total)
             stats = rx.wait_rows(total)
             seconds = stats["last"] - done["started"]
-            res = measure(engine, "arriving", rx, work, total, seconds, stats, server.rss.cpu_seconds() - cpu0)
+            scenario = f"arriving, API + {workers} worker process{'es' if workers > 1 else ''}" if workers else "arriving"
+            res = measure(engine, scenario, rx, work, total, seconds, stats, server.rss.cpu_seconds() - cpu0)
             res.update(loads_seconds=round(done["loaded"] - done["started"], 3), loop_seconds=round(bare["seconds"], 3),
                        loop_rows_per_s=round(total / bare["seconds"]), loop_calls=bare["calls"],
                        loop_loads_seconds=round(bare["loads_seconds"], 3), loop_server_cpu_seconds=round(bare["cpu"], 2),
                        loop="same arrival: each load sent on by the client once Complete")
             res["ratio_rows_per_s"] = B.ratio(res["rows_per_s"], res["loop_rows_per_s"])
             results.append(res)
+            if workers:
+                results[-1]["rss_peak_mb"] = B.mb(server.rss.peak)
+                return results
             # (a2) a backlog, pushes enabled at once
             rx.reset()
             setup(api, rx, "b", PUSHES, enabled=False, batch_rows=batch_rows)
@@ -266,7 +276,9 @@ def main() -> int:
              "store or stamp).",
              "Pushbase's pushes store each batch before sending it and stamp its rows after the 2xx; all on one 2-core machine shared "
              "with the receiver and the loaders. Replay rows/s = the same bodies posted back to back, without any arrival: the "
-             "receiver's capacity, not a target."]
+             "receiver's capacity, not a target.",
+             "'API + 1 worker process' (PostgreSQL): `pushbase serve --no-worker` plus one `pushbase worker`, so the pushes run on "
+             "the second core instead of sharing the API's interpreter; CPU and RSS are of both processes."]
     if args.skip_pg:
         notes.append("PostgreSQL skipped (--skip-pg)")
     elif (why := B.pg_available()) is not None:
@@ -278,8 +290,14 @@ def main() -> int:
     print(f"bench/push: {args.rows:,} rows, {PUSHES} pushes, max_batch_rows {args.batch_rows}", flush=True)
     for engine, _ in engines:
         with B.workdir(f"push-{engine}") as work:
+            steps: list[tuple[str, Any, list[dict[str, Any]]]] = [
+                ("throughput", lambda db: throughput(engine, db, work, args.rows, args.batch_rows), throughput_results)]
+            if engine == "postgresql":
+                # PostgreSQL's scale-out set-up (docs/configuration.md): the pushes in a process of their own.
+                steps.append(("throughput_worker", lambda db: throughput(engine, db, work, args.rows, args.batch_rows, workers=1),
+                              throughput_results))
             for label, fn, sink in (
-                ("throughput", lambda db: throughput(engine, db, work, args.rows, args.batch_rows), throughput_results),
+                *steps,
                 ("latency", lambda db: [latency(engine, db, work, args.samples)], latency_results),
             ):
                 print(f"- {engine} {label} ...", flush=True)
