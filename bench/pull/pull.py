@@ -6,7 +6,9 @@ with ~5 MB bodies (20,000 rows) from 4 concurrent clients, so the server never h
 parsed jobs; Datasette's database file is made with sqlite-utils' Python API (table ``rows``, ``pk="id"``)
 and filled with the same rows, with an index on ``city`` like the one Pushbase makes for the filter.
 
-Reads (timed, one client at a time, on a freshly started server, so RSS is the pull's own):
+Reads (timed, one client at a time, on a freshly started server, so RSS is the pull's own; the
+filtered view, one page of ~10,000 rows, is read five times in a row by each system and the run of
+median time reported, the first (cold) read included among the five):
 - Pushbase ``GET /api/views/{v}/rows?format=json&limit=10000`` following ``next`` (``&after=``);
   ``format=ndjson`` and ``format=csv`` streams. JSON pages are read with httpx; the client checks each
   page as JSON and counts its rows without building Python objects for them (msgspec ``Raw``), and
@@ -50,6 +52,8 @@ VIEWS = {
     "all_rows": {"name": "all_rows", "dataset": "bench"},
     "one_city": {"name": "one_city", "dataset": "bench", "filters": [{"field": "city", "op": "equals", "value": B.FILTER_CITY}]},
 }
+# Reads of each view and format: the filtered view's (~10,000 rows, one page) the median of five.
+REPEAT = {"all_rows": 1, "one_city": 5}
 DATASETTE_SETTINGS = {"max_returned_rows": PAGE, "max_csv_mb": 0, "sql_time_limit_ms": 30000}
 NO_GZIP = {"accept-encoding": "identity"}
 CURL = shutil.which("curl")
@@ -126,7 +130,16 @@ def _client_cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def timed(fn: Callable[[], int], rss: B.RssSampler | None) -> dict[str, Any]:
+def timed(fn: Callable[[], int], rss: B.RssSampler | None, repeat: int = 1) -> dict[str, Any]:
+    """One reading; with ``repeat``, that many, and the one of median time is reported (all rows/s in
+    ``runs_rows_per_s``): a filtered view's read takes well under a second, where one run is mostly noise."""
+    if repeat > 1:
+        runs = sorted((timed(fn, rss) for _ in range(repeat)), key=lambda r: r["seconds"])
+        middle = dict(runs[len(runs) // 2])
+        middle["runs_rows_per_s"] = [r["rows_per_s"] for r in runs]
+        if rss:
+            middle["rss_peak_mb"] = max(r["rss_peak_mb"] for r in runs)
+        return middle
     idle = rss.reset() if rss else 0
     cpu = rss.cpu_seconds() if rss else 0.0
     client_cpu = _client_cpu()
@@ -195,10 +208,11 @@ def pushbase_reads(db: str, work: Path, engine: str, expected: dict[str, int]) -
                 def next_of(doc: OurPage, _url: str, base: str = base) -> str | None:
                     return f"{base}?format=json&limit={PAGE}&after={doc.next}" if doc.next else None
 
+                n = REPEAT[view]
                 res["json"] = timed(lambda: read_pages(client, f"{base}?format=json&limit={PAGE}", OUR_PAGE.decode, next_of, lambda d: d.rows),
-                                    server.rss)
-                res["ndjson"] = timed(lambda: read_stream(client, f"{base}?format=ndjson", 0), server.rss)
-                res["csv"] = timed(lambda: read_stream(client, f"{base}?format=csv", 1), server.rss)
+                                    server.rss, n)
+                res["ndjson"] = timed(lambda: read_stream(client, f"{base}?format=ndjson", 0), server.rss, n)
+                res["csv"] = timed(lambda: read_stream(client, f"{base}?format=csv", 1), server.rss, n)
                 for fmt, r in res.items():
                     if r["rows"] != expected[view]:
                         r["error"] = f"read {r['rows']} rows, expected {expected[view]}"
@@ -278,16 +292,17 @@ def datasette_reads(work: Path, db_path: Path, expected: dict[str, int]) -> dict
             for view, filt in (("all_rows", ""), ("one_city", f"&city={B.FILTER_CITY}")):
                 res: dict[str, Any] = {}
                 objects_url = f"{ds.url}/peer/rows.json?_size=max&_shape=objects{filt}"
+                n = REPEAT[view]
                 res["json_objects_next_url"] = timed(
-                    lambda: read_pages(client, objects_url, DATASETTE_OBJECTS_PAGE.decode, lambda d, _u: d.next_url, lambda d: d.rows), ds.rss)
+                    lambda: read_pages(client, objects_url, DATASETTE_OBJECTS_PAGE.decode, lambda d, _u: d.next_url, lambda d: d.rows), ds.rss, n)
                 array_url = f"{ds.url}/peer/rows.json?_size=max&_shape=array{filt}"
 
                 def array_next(doc: list[msgspec.Raw], _url: str, base: str = array_url) -> str | None:
                     return f"{base}&_next={orjson.loads(bytes(doc[-1]))['id']}" if len(doc) == PAGE else None
 
                 res["json_array_client_next"] = timed(lambda: read_pages(client, array_url, DATASETTE_ARRAY_PAGE.decode, array_next, lambda d: d),
-                                                      ds.rss)
-                res["csv"] = timed(lambda: read_stream(client, f"{ds.url}/peer/rows.csv?_stream=on&_size=max{filt}", 1), ds.rss)
+                                                      ds.rss, n)
+                res["csv"] = timed(lambda: read_stream(client, f"{ds.url}/peer/rows.csv?_stream=on&_size=max{filt}", 1), ds.rss, n)
                 for fmt, r in res.items():
                     if r["rows"] != expected[view]:
                         r["error"] = f"read {r['rows']} rows, expected {expected[view]}"
