@@ -40,6 +40,10 @@ __all__ = [
     "INT64_MIN",
     "INT64_MAX",
     "fits_int64",
+    "MAX_JSON_DEPTH",
+    "json_depth",
+    "long_integer",
+    "refuse_long_integers",
 ]
 
 COLUMN_TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "json")
@@ -144,6 +148,12 @@ def columns_from_sample(sample: object) -> list[Column]:
                 columns.append(Column(validate_column_name(name), _infer_scalar(value)))
 
     walk("", sample, 0)
+    seen: set[str] = set()
+    for column in columns:
+        if column.name in seen:  # {"a.b": 1, "a": {"b": 2}}: a key with a dot and a nested object
+            raise Invalid(f"sample: column {column.name!r} comes twice once nested objects are flattened", code="invalid_sample",
+                          details={"column": column.name})
+        seen.add(column.name)
     return columns
 
 
@@ -193,7 +203,10 @@ def parse_datetime(value: str) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+    try:
+        return parsed.astimezone(dt.timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 once in UTC
+        raise ValueError("date-time out of range: it must fall in years 1 to 9999 once converted to UTC") from None
 
 
 def _string(value: Any) -> str:
@@ -259,7 +272,7 @@ def _datetime(value: Any) -> dt.datetime:
     raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:30:00Z")
 
 
-def _long_integer(value: Any) -> int | None:
+def long_integer(value: Any) -> int | None:
     """The first integer in a JSON value beyond the 64-bit range, if any."""
     stack = [value]
     while stack:
@@ -274,8 +287,37 @@ def _long_integer(value: Any) -> int | None:
     return None
 
 
+def refuse_long_integers(value: Any, *, code: str) -> None:
+    """A 422 naming the first integer in ``value`` beyond the 64-bit range (stored as JSON it would
+    come back as a float or not at all)."""
+    long = long_integer(value)
+    if long is not None:
+        raise Invalid(f"integers must be within the 64-bit range; {long} is not (send it as a string)", code=code, details={"value": long})
+
+
+# How deep a json value may nest. Rows, pages and push bodies wrap a value in a few more levels, and
+# orjson writes at most 254: a limit well below that keeps every way out of the store open.
+MAX_JSON_DEPTH = 200
+
+
+def json_depth(value: Any) -> int:
+    """Levels of arrays and objects in a JSON value (0 for a scalar); stops counting past the limit."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _json(value: Any) -> Any:
-    long = _long_integer(value)
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"a JSON value may nest at most {MAX_JSON_DEPTH} levels of arrays and objects")
+    long = long_integer(value)
     if long is not None:
         # Stored, it would come back as a float: refuse it rather than change it.
         raise ValueError(f"a JSON value may hold integers within the 64-bit range; {long} is not (send it as a string)")

@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 
-from .columns import INT64_MAX, INT64_MIN, fits_int64, flatten_row, modification_time, validator_for
+from .columns import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH, fits_int64, json_depth, flatten_row, modification_time, validator_for
 from .datasets import Dataset
 from .rows import JSON, may_hold_long_integers
 from .storage import Store, codecs
@@ -307,8 +307,19 @@ def _micros(value: dt.datetime | None) -> int | None:
     return None if value is None else codecs.datetime_to_micros(_utc(value))
 
 
-class _LongInteger(Exception):
-    """A json value may hold an integer beyond 64 bits: the typed path leaves the payload to the general one."""
+class _NeedsGeneralPath(Exception):
+    """A json value may hold an integer beyond 64 bits, or a datetime falls outside years 1-9999 once
+    in UTC: the typed path leaves the payload to the general one, which names the value and refuses it."""
+
+
+# The datetimes a column holds: years 1 to 9999 in UTC (what Python and both engines can read back).
+_MIN_MICROS = codecs.datetime_to_micros(dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+_MAX_MICROS = codecs.datetime_to_micros(dt.datetime.max.replace(tzinfo=dt.timezone.utc))
+
+
+def _may_nest_too_deep(text: bytes) -> bool:
+    # Counting brackets is cheap and nearly always settles it; only a value with many is measured.
+    return text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH and json_depth(orjson.loads(text)) > MAX_JSON_DEPTH
 
 
 def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> tuple[Any, ...] | list[Any] | None:
@@ -316,20 +327,31 @@ def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> 
     One comprehension per column: these run for every row of every payload."""
     if column_type == "json":
         texts = [None if v is None else bytes(v) for v in values]
-        if any(may_hold_long_integers(t) for t in texts if t is not None):
-            raise _LongInteger  # the general path reads such integers exactly, and refuses them
+        if any(may_hold_long_integers(t) or _may_nest_too_deep(t) for t in texts if t is not None):
+            # The general path reads such integers exactly and refuses them, and measures the nesting.
+            raise _NeedsGeneralPath
         return [None if t is None else t.decode() for t in texts]
     if column_type == "datetime" and dialect == "sqlite":
         try:
             # The common case: every value has a UTC offset (aware), none missing. The arithmetic of
             # codecs.datetime_to_micros, inline: timedelta // timedelta cost twice as much.
-            return [((d := v - _EPOCH).days * 86400 + d.seconds) * 1_000_000 + d.microseconds for v in values]
+            micros = [((d := v - _EPOCH).days * 86400 + d.seconds) * 1_000_000 + d.microseconds for v in values]
         except TypeError:  # a naive value (read as UTC) or a missing one
-            return list(map(_micros, values))
+            try:
+                micros = list(map(_micros, values))
+            except OverflowError:
+                raise _NeedsGeneralPath from None
+        present = [m for m in micros if m is not None] if None in micros else micros
+        if present and (min(present) < _MIN_MICROS or max(present) > _MAX_MICROS):
+            raise _NeedsGeneralPath
+        return micros
     if column_type == "datetime":
         if all(v is not None and v.tzinfo is dt.timezone.utc for v in values):
             return None
-        return [None if v is None else _utc(v) for v in values]
+        try:
+            return [None if v is None else _utc(v) for v in values]
+        except OverflowError:
+            raise _NeedsGeneralPath from None
     if column_type in ("date", "boolean") and dialect == "sqlite":
         return list(map(codecs.encoder(dialect, column_type), values))
     return None
@@ -357,7 +379,7 @@ def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:
         if column.type in ("json", "datetime", "date", "boolean"):
             try:
                 converted = _convert_column(store.dialect, column.type, columns[i])
-            except _LongInteger:
+            except _NeedsGeneralPath:
                 return None
             if converted is not None:
                 columns[i] = converted

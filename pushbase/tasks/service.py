@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
+from ..columns import refuse_long_integers
 from ..errors import Invalid, PushbaseError
 from ..ingest import FINAL_STATUSES, load_rows_now
 from ..leases import new_owner
@@ -210,6 +211,7 @@ def _check_params(params: Any) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise Invalid("params must be a JSON object of run parameters", code="invalid_params")
+    refuse_long_integers(params, code="invalid_params")
     return params
 
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from croniter import croniter
 from pydantic import ValidationError
 
-from ..columns import utc_now
+from ..columns import refuse_long_integers, utc_now
 from ..errors import Conflict, Invalid, NotFound
 from ..leases import owner_is_dead
 from ..netguard import check_url
@@ -94,6 +94,7 @@ def _message(error: Any) -> str:
 
 def parse_spec(body: dict[str, Any]) -> TaskSpec:
     """The ``TaskSpec`` of ``body``; pydantic's errors become one 422 with every error in details."""
+    refuse_long_integers(body, code="invalid_task")
     try:
         return TaskSpec.model_validate(body)
     except ValidationError as exc:

@@ -1479,8 +1479,18 @@ def compile_calculations(
     """Compile named calculations that may use each other (in any order) and the ``fields``.
 
     Returns one FieldRef per calculation, in the given order. Raises FormulaError for a bad name, a
-    name used twice or clashing with a field, a bad formula, or calculations that refer to each other in a
-    cycle (``details["cycle"]`` lists it)."""
+    name used twice or clashing with a field, a bad formula, calculations that refer to each other in a
+    cycle (``details["cycle"]`` lists it), or a formula too long to compile at all."""
+    try:
+        return _compile_calculations(calcs, fields, dialect)
+    except RecursionError:
+        # A long flat chain (``1+1+1...`` hundreds of terms) is parsed and compiled recursively.
+        raise FormulaError(
+            "a formula is too complex to compile: it has too many operations; split it into calculations", formula=""
+        ) from None
+
+
+def _compile_calculations(calcs: Sequence[tuple[str, str]], fields: Mapping[str, FieldRef], dialect: str) -> dict[str, FieldRef]:
     parsed: dict[str, tuple[str, _Node]] = {}
     for index, item in enumerate(calcs):
         try:

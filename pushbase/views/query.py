@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 
-from ..columns import SYSTEM_FIELDS, validator_for
+from ..columns import INT64_MAX, SYSTEM_FIELDS, validator_for
 from ..datasets import Dataset, suggest
 from ..errors import Invalid
 from ..rows import JSON, RowDecoder, RowEncoder, decode_cursor, encode_cursor, page_limit
@@ -64,8 +64,8 @@ class ViewQuery:
         self.conditions = parse_filters(self.filter_definitions, self.fields, store.dialect)
         self.sort = self._sort_keys(definition.get("sort") or [])
         limit = definition.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise Invalid("limit must be a positive integer or null", code="invalid_view")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= INT64_MAX):
+            raise Invalid(f"limit must be a positive integer up to {INT64_MAX}, or null", code="invalid_view")
         self.limit: int | None = limit
         self.decoder = RowDecoder(store.dialect, [(f.name, f.type) for f in self.output])
 

@@ -5,12 +5,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import psycopg
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import PushbaseError
+from ..errors import Invalid, NotFound, PushbaseError
 from ..outbound import OutboundClient
 from ..settings import Settings
 from ..storage import Store, open_store
@@ -86,6 +88,17 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONAnswer:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONAnswer({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    @app.exception_handler(sa.exc.DataError)
+    @app.exception_handler(psycopg.DataError)
+    async def on_data_error(request: Request, exc: Exception) -> JSONAnswer:
+        # PostgreSQL refuses text with U+0000 wherever it is compared or stored; SQLite does not. Names
+        # are checked when objects are made, so a name holding one names nothing: 404 as on SQLite.
+        if "NUL" in str(getattr(exc, "orig", None) or exc):
+            if "\x00" in request.url.path:
+                return error_response(NotFound("nothing here has a name with the NUL character (U+0000)"))
+            return error_response(Invalid("text may not contain the NUL character (U+0000)", code="invalid_text"))
+        return await on_unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, exc: Exception) -> JSONAnswer:

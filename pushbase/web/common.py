@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
+import msgspec
 import orjson
 from fastapi import Path, Request
 from fastapi.responses import Response
@@ -25,7 +26,12 @@ class JSONAnswer(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            # orjson writes neither integers beyond 64 bits nor nesting deeper than 254 levels; an
+            # answer may echo such a value back (a 422 naming it, a stored json value): msgspec writes both.
+            return msgspec.json.encode(content)
 
 
 def error_response(error: PushbaseError) -> JSONAnswer:

@@ -1,0 +1,140 @@
+"""Bad input at the edges of what the types hold: each gets a clear 4xx (or a job that ends ErrorExit
+naming the row), never a 500, on both engines. Found by an adversarial review of the HTTP API."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+BIG = 2**70  # beyond 64 bits: orjson cannot write it, neither engine can store it as an integer
+COLS = [
+    {"name": "i", "type": "integer"},
+    {"name": "dt", "type": "datetime"},
+    {"name": "j", "type": "json"},
+]
+
+
+@pytest.fixture
+def f(api):
+    r = api.post("/api/datasets", json={"name": "f", "columns": COLS, "unique_id": ["i"]})
+    assert r.status_code == 201, r.text
+    assert api.load("f", [{"i": 1, "dt": "2020-01-01T00:00:00Z"}])["status"] == "Complete"
+    return api
+
+
+def body(text: str) -> dict:
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+# -- datetimes that leave years 1-9999 once in UTC ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00"])
+def test_a_datetime_outside_years_1_to_9999_in_utc_fails_the_job_and_stores_nothing(f, value):
+    doc = f.load("f", [{"i": 2, "dt": value}])
+    assert doc["status"] == "ErrorExit"
+    assert doc["errors"][0]["column"] == "dt" and "out of range" in doc["errors"][0]["message"]
+    rows = f.get("/api/datasets/f/rows")
+    assert rows.status_code == 200 and [r["i"] for r in rows.json()["rows"]] == [1]
+
+
+def test_an_out_of_range_datetime_in_a_row_update_or_qrvey_load_is_refused(f):
+    r = f.patch("/api/datasets/f/rows/1", json={"dt": "9999-12-31T23:59:59.999999-14:00"})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["column"] == "dt"
+    r = f.post("/compat/qrvey/postdata", json={"datasetId": "f", "data": [{"i": 2, "dt": "9999-12-31T23:59:59-14:00"}]})
+    assert r.status_code == 202
+    deadline = time.monotonic() + 30
+    while (status := f.get(f"/compat/qrvey/{r.json()['jobId']}/status").json())["statusJob"]["status"] not in ("Complete", "ErrorExit"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    assert status["statusJob"]["status"] == "ErrorExit"
+    assert [r["i"] for r in f.get("/api/datasets/f/rows").json()["rows"]] == [1]
+
+
+def test_a_sample_with_an_out_of_range_datetime_is_not_a_500(api):
+    r = api.post("/api/datasets", json={"name": "dd", "sample": {"d": "0001-01-01T00:00:00+01:00"}})
+    assert r.status_code in (201, 422), r.text
+
+
+# -- integers beyond 64 bits ----------------------------------------------------------------------
+
+
+def test_integers_beyond_64_bits_in_definitions_get_a_422_that_names_them(f):
+    answers = [
+        f.post("/api/views", **body(f'{{"name": "v1", "dataset": "f", "filters": [{{"field": "i", "op": "gt", "value": {BIG}}}]}}')),
+        f.post("/api/views", **body(f'{{"name": "v2", "dataset": "f", "filters": [{{"field": "i", "op": "in", "value": [{-BIG}]}}]}}')),
+        f.post("/api/views", **body(f'{{"name": "v3", "dataset": "f", "limit": {BIG}}}')),
+        f.post("/api/tasks", **body(f'{{"name": "t1", "params": {{"n": {BIG}}}, "steps": [{{"name": "s", "url": "https://example.com/"}}]}}')),
+        f.post("/api/tasks", **body(f'{{"name": "t2", "steps": [{{"name": "s", "url": "https://example.com/", "params": {{"c": {BIG}}}}}]}}')),
+    ]
+    for r in answers:
+        assert r.status_code == 422, r.text
+    assert str(BIG) in answers[0].json()["error"]["message"]
+    assert answers[3].json()["error"]["details"] == {"value": BIG}  # written exactly, not as a float
+    r = f.post("/api/views", json={"name": "ok", "dataset": "f"})
+    assert r.status_code == 201
+    r = f.post("/api/pushes", **body(f'{{"name": "p", "view": "ok", "url": "https://example.com/", "log_time_field": "dt", "max_batch_rows": {BIG}}}'))
+    assert r.status_code == 422, r.text
+
+
+def test_run_params_beyond_64_bits_get_a_422(f):
+    r = f.post("/api/tasks", json={"name": "t", "steps": [{"name": "s", "url": "https://example.com/"}]})
+    assert r.status_code == 201, r.text
+    r = f.post("/api/tasks/t/run", **body(f'{{"params": {{"x": {BIG}}}}}'))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_params"
+
+
+# -- json values nested deeply --------------------------------------------------------------------
+
+
+def test_a_json_value_nested_past_the_limit_fails_the_job_and_one_within_reads_back(f):
+    from pushbase.columns import MAX_JSON_DEPTH
+
+    too_deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    r = f.post("/api/datasets/f/data?wait=true", **body(f'{{"i": 5, "j": {too_deep}}}'))
+    doc = r.json()
+    assert doc["status"] == "ErrorExit" and doc["errors"][0]["column"] == "j" and "nest" in doc["errors"][0]["message"]
+    deepest = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    r = f.post("/api/datasets/f/data?wait=true", **body(f'{{"i": 6, "j": {deepest}}}'))
+    assert r.json()["status"] == "Complete", r.text
+    rows = f.get("/api/datasets/f/rows")  # the row wraps the value in more levels than orjson writes
+    assert rows.status_code == 200
+    value = rows.json()["rows"][-1]["j"]
+    depth = 0
+    while isinstance(value, list):
+        depth, value = depth + 1, (value[0] if value else None)
+    assert depth == MAX_JSON_DEPTH
+    r = f.patch("/api/datasets/f/rows/1", **body(f'{{"j": {too_deep}}}'))
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["column"] == "j"
+
+
+def test_a_json_column_with_many_objects_but_little_nesting_still_loads(f):
+    rows = [{"i": 10 + n, "j": [{"k": k} for k in range(300)]} for n in range(3)]
+    assert f.load("f", rows)["status"] == "Complete"
+
+
+# -- formulas, names, samples ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", ["1" + "+1" * 400, "true" + " or true" * 600])
+def test_a_formula_too_long_to_compile_is_a_422(f, formula):
+    r = f.post("/api/views", json={"name": "vc", "dataset": "f", "calculations": [{"name": "c", "formula": formula}]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_formula"
+
+
+@pytest.mark.parametrize("path", ["/api/datasets/x%00", "/api/views/x%00", "/api/views/x%00/rows", "/api/pushes/x%00",
+                                  "/api/tasks/x%00", "/api/datasets/f/data/job%00/status", "/compat/qrvey/job%00/status"])
+def test_a_name_with_nul_in_the_path_is_a_404_on_both_engines(f, path):
+    r = f.get(path)
+    assert r.status_code == 404, r.text
+
+
+def test_a_name_with_nul_in_a_body_is_a_4xx(f):
+    r = f.post("/api/views", json={"name": "v9", "dataset": "f\u0000"})
+    assert r.status_code in (404, 422), r.text
+    assert r.json()["error"]["code"] in ("not_found", "invalid_text")
+
+
+def test_a_sample_whose_flattened_names_collide_is_refused(api):
+    r = api.post("/api/datasets", json={"name": "d_dup", "sample": {"a.b": 1, "a": {"b": 2}}})
+    assert r.status_code == 422 and r.json()["error"]["details"] == {"column": "a.b"}
