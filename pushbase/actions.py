@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from .columns import utc_now, validate_object_name
 from .errors import Conflict, Invalid, NotFound
 from .netguard import check_url
-from .outbound import OutboundClient
+from .outbound import OutboundClient, custom_header_problem
 from .push.formats import FORMATS, content_type, encode_rows
 from .push.signing import new_webhook_id, validate_secret, webhook_headers
 from .storage import Store
@@ -56,8 +56,12 @@ def create_action(store: Store, view_name: str, body: dict[str, Any], *, allow_p
     if fmt not in FORMATS:
         raise Invalid(f"format must be one of {', '.join(FORMATS)}", code="invalid_action")
     headers = body.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+    if not isinstance(headers, dict):
         raise Invalid("headers must map names to text values", code="invalid_action")
+    for header, value in headers.items():
+        problem = custom_header_problem(header, value)
+        if problem is not None:
+            raise Invalid(f"headers: {problem}", code="invalid_action", details={"field": "headers", "header": header})
     secret = body.get("secret")
     if secret is not None:
         validate_secret(secret)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -119,6 +120,9 @@ def check_url(url: str, *, allow_private: bool) -> None:
     Hostnames other than ``localhost`` pass: what they resolve to is checked at connect time.
     Raises ``Invalid`` for an unusable URL and ``TargetRefused`` for a private target.
     """
+    if _UNSENDABLE.search(url):
+        # urlsplit keeps them, and a call would fail on them (or, with CR/LF, smuggle a header line).
+        raise Invalid(f"URL may not contain spaces or control characters: {url!r}", details={"url": url})
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -129,6 +133,8 @@ def check_url(url: str, *, allow_private: bool) -> None:
         raise Invalid(f"URL must start with http:// or https://: {url!r}", details={"url": url})
     if not host:
         raise Invalid(f"URL has no host: {url!r}", details={"url": url})
+    if _literal_ip(host) is None and not _is_host_name(host):
+        raise Invalid(f"URL host {host!r} is not a host name or an IP address: {url!r}", details={"url": url})
     if allow_private:
         return
     host = host.rstrip(".")
@@ -178,6 +184,19 @@ def _resolved_is_forbidden(address: str) -> bool:
     except ValueError:
         return True  # not an address we can judge, so not one we connect to
     return is_forbidden_address(ip)
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+_HOST_LABELS = re.compile(r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+def _is_host_name(host: str) -> bool:
+    """Letters, digits, ``-`` and ``_`` in dot-separated labels, once IDNA-encoded (``bücher.de``)."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(ascii_host) <= 253 and _HOST_LABELS.match(ascii_host) is not None
 
 
 def _literal_ip(host: str) -> IPAddress | None:

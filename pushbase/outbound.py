@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -25,7 +26,25 @@ from .durations import format_duration
 from .errors import PushbaseError, TargetRefused
 from .netguard import ForbiddenAddressError, GuardedResolver, check_url
 
-__all__ = ["Attempt", "OutboundClient", "DEFAULT_MAX_BODY", "EXCERPT_CHARS", "USER_AGENT"]
+__all__ = ["Attempt", "OutboundClient", "DEFAULT_MAX_BODY", "EXCERPT_CHARS", "USER_AGENT", "RESERVED_HEADERS", "custom_header_problem"]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+# Set by Pushbase (or the HTTP client) on every outbound call; a custom header may not replace them.
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "transfer-encoding", "connection", "webhook-id", "webhook-timestamp", "webhook-signature"}
+)
+
+
+def custom_header_problem(name: Any, value: Any) -> str | None:
+    """Why a custom header of a push or an action cannot be sent as given (None when it can): checked
+    when the definition is saved, so that no call fails on it later."""
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        return f"{name!r} is not a valid header name"
+    if name.lower() in RESERVED_HEADERS:
+        return f"{name} is set by Pushbase for every call and cannot be replaced"
+    if not isinstance(value, str) or any(ch in value for ch in "\r\n\0") or len(value) > 8192:
+        return f"the value of {name} must be text on one line (at most 8192 characters)"
+    return None
 
 DEFAULT_MAX_BODY = 1024 * 1024
 EXCERPT_CHARS = 500

@@ -138,3 +138,32 @@ def test_a_name_with_nul_in_a_body_is_a_4xx(f):
 def test_a_sample_whose_flattened_names_collide_is_refused(api):
     r = api.post("/api/datasets", json={"name": "d_dup", "sample": {"a.b": 1, "a": {"b": 2}}})
     assert r.status_code == 422 and r.json()["error"]["details"] == {"column": "a.b"}
+
+
+# -- outbound URLs and headers, checked when saved --------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["https://example.com/ok\r\nX-Injected: y", "https://example.com/\u0000", "http://%zz/",
+                                 "https://example.com/a b", "http://[::1/x"])
+def test_push_and_action_urls_that_no_call_could_use_are_refused_when_saved(f, url):
+    assert f.post("/api/views", json={"name": "v", "dataset": "f"}).status_code == 201
+    r = f.post("/api/pushes", json={"name": "p", "view": "v", "url": url, "log_time_field": "dt"})
+    assert r.status_code == 422, r.text
+    r = f.post("/api/views/v/actions", json={"name": "a", "url": url})
+    assert r.status_code == 422, r.text
+
+
+def test_international_and_underscore_host_names_are_accepted(f):
+    assert f.post("/api/views", json={"name": "v", "dataset": "f"}).status_code == 201
+    for i, url in enumerate(["https://bücher.example/hook", "https://my_host.example.com/hook", "https://[2001:db8::1]:8443/x"]):
+        r = f.post("/api/pushes", json={"name": f"p{i}", "view": "v", "url": url, "log_time_field": "dt"})
+        assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("headers", [{"X-A": "b\r\nc: d"}, {"bad name": "x"}, {"webhook-id": "mine"}, {"X-A": "\u0000"}])
+def test_action_headers_are_checked_like_push_headers(f, headers):
+    assert f.post("/api/views", json={"name": "v", "dataset": "f"}).status_code == 201
+    r = f.post("/api/views/v/actions", json={"name": "a", "url": "https://example.com/hook", "headers": headers})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "headers", r.text
+    r = f.post("/api/pushes", json={"name": "p", "view": "v", "url": "https://example.com/hook", "log_time_field": "dt", "headers": headers})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "headers", r.text

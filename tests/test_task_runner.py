@@ -499,7 +499,9 @@ async def test_a_template_error_stops_the_run_before_sending(api: LocalApi, clie
         ("/echo?x={{ ''.__class__.__mro__ }}", "not allowed: access to attribute '__class__' of 'str' object is unsafe."),
         ("/echo?x={{ params.missing }}", "run parameter 'missing' is not set"),
         ("/echo?x={{ 'a' * 10**9 }}", "limit reached"),
-        ("{{ params.where }}", "'ftp://x' is not an http:// or https:// URL"),
+        ("{{ params.where }}", "URL must start with http:// or https://: 'ftp://x'"),
+        ("{{ 'http://[::1/x' }}", "not a valid URL"),
+        ("/echo?x={{ '\\ud800' }}", "lone surrogate"),
         ("/echo?x={{ params.where.nope }}", "'str object' has no attribute 'nope'"),
     ],
 )
@@ -518,6 +520,16 @@ async def test_a_body_that_cannot_be_json_fails_the_step(api: LocalApi, client: 
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed" and result.error is not None
     assert result.error["reason"] == "step 's', json: cannot encode as JSON: Integer exceeds 64-bit range"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("field", ["form", "params"])
+async def test_text_that_cannot_be_utf8_fails_the_step_clearly(api: LocalApi, client: OutboundClient, field: str) -> None:
+    spec = task(api, {"name": "s", "method": "POST", "url": "/echo", field: {"n": "{{ '\\ud800' }}"}})
+    result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
+    assert result.status == "failed" and result.error is not None
+    assert result.error["reason"].startswith("step 's'") and "unexpected" not in result.error["reason"]
+    assert api.requests == []
     assert api.requests == []
 
 

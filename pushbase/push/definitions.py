@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +20,7 @@ from ..datasets import Dataset, get_dataset_by_id
 from ..durations import format_duration, parse_duration
 from ..errors import Conflict, Invalid, NotFound
 from ..netguard import check_url
+from ..outbound import custom_header_problem
 from ..storage import Store
 from ..storage.schema import deliveries as deliveries_table
 from ..storage.schema import pushes as pushes_table
@@ -65,11 +65,6 @@ MAX_TIMEOUT = 300.0
 MAX_BATCH_ROWS = 100_000
 MAX_BATCH_BYTES = 50 * 1024 * 1024
 MIN_BATCH_BYTES = 1024
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
-# Set by the engine for every call; a custom header may not replace them.
-_RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "host", "transfer-encoding", "connection", "webhook-id", "webhook-timestamp", "webhook-signature"}
-)
 
 
 @dataclass(frozen=True)
@@ -259,10 +254,6 @@ def _headers(raw: Any, stored: dict[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
     stored_lower = {k.lower(): v for k, v in stored.items()}
     for name, value in raw.items():
-        if not _HEADER_NAME.match(name):
-            raise Invalid(f"headers: {name!r} is not a valid header name", code="invalid_push", details={"field": "headers", "header": name})
-        if name.lower() in _RESERVED_HEADERS:
-            raise Invalid(f"headers: {name} is set by Pushbase for every call and cannot be replaced", code="invalid_push", details={"field": "headers", "header": name})
         if any(name.lower() == other.lower() for other in values):
             raise Invalid(f"headers: {name} is given twice", code="invalid_push", details={"field": "headers", "header": name})
         if value == REDACTED:
@@ -270,8 +261,9 @@ def _headers(raw: Any, stored: dict[str, str]) -> dict[str, str]:
             if name.lower() not in stored_lower:
                 raise Invalid(f"headers: {name} has no stored value to keep; send its value", code="invalid_push", details={"field": "headers", "header": name})
             value = stored_lower[name.lower()]
-        if not isinstance(value, str) or any(ch in value for ch in "\r\n\0") or len(value) > 8192:
-            raise Invalid(f"headers: the value of {name} must be text on one line (at most 8192 characters)", code="invalid_push", details={"field": "headers", "header": name})
+        problem = custom_header_problem(name, value)
+        if problem is not None:
+            raise Invalid(f"headers: {problem}", code="invalid_push", details={"field": "headers", "header": name})
         values[name] = value
     return values
 

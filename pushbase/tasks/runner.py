@@ -64,7 +64,8 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsp
 import orjson
 
 from ..durations import format_duration
-from ..errors import PushbaseError
+from ..errors import Invalid, PushbaseError
+from ..netguard import check_url
 from .models import StepSpec, TaskSpec
 from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, used_secret_values
 
@@ -219,10 +220,21 @@ def _with_query(url: str, query: list[tuple[str, str]], extra: Mapping[str, str]
 def _check_url(url: Any, where: str) -> str:
     if not isinstance(url, str):
         raise TemplateFailure(f"the URL must be text, got {type(url).__name__}", where=where)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise TemplateFailure(f"{url!r} is not an http:// or https:// URL", where=where)
+    try:
+        # Private addresses are refused where the call connects (the guarded resolver), not here.
+        check_url(url, allow_private=True)
+        _check_text(url, "the URL")
+    except Invalid as exc:
+        raise TemplateFailure(exc.message, where=where) from None
     return url
+
+
+def _check_text(text: str, what: str) -> None:
+    """Text that goes into a request must be UTF-8: a lone surrogate (``\\ud800``) cannot be sent."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise TemplateFailure(f"{what} is not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
 
 
 def _scalar_text(value: Any) -> str:
@@ -241,6 +253,8 @@ def _query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(item, (dict, list)):
                 raise TemplateFailure(f"query parameter {name!r}: an object or nested list cannot go in a query string")
             pairs.append((str(name), _scalar_text(item)))
+    for name, text in pairs:
+        _check_text(name + text, f"query parameter {name!r}")
     return pairs
 
 
@@ -267,6 +281,10 @@ def _build_request(step: StepSpec, context: Mapping[str, Any], where: str) -> _R
         text = _scalar_text(value)
         if "\r" in text or "\n" in text:
             raise TemplateFailure(f"header {name!r} contains a line break", where=where)
+        try:
+            _check_text(text, f"header {name!r}")
+        except TemplateFailure as exc:
+            raise exc.at(where) from None
         headers[name] = text
     params = render_value(step.params, context, where=where, field="params")
     try:
@@ -284,7 +302,7 @@ def _build_request(step: StepSpec, context: Mapping[str, Any], where: str) -> _R
         body_record = render_value(step.form, context, where=where, field="form")
         try:
             body = urlencode(_form_pairs(body_record)).encode()
-        except TypeError as exc:
+        except (TypeError, UnicodeEncodeError) as exc:
             raise TemplateFailure(f"cannot encode the form: {exc}", where=f"{where}, form") from None
         content_type = "application/x-www-form-urlencoded"
     lower = {name.lower() for name in headers}
