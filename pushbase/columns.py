@@ -144,6 +144,9 @@ def columns_from_sample(sample: object) -> list[Column]:
                 walk(name + ".", value, depth + 1)
             elif isinstance(value, (list, dict)):
                 columns.append(Column(validate_column_name(name), "json"))
+            elif type(value) is int and not fits_int64(value):
+                raise Invalid(f"sample: {name!r} is an integer beyond 64 bits, which no column holds exactly; send it as a string",
+                              code="invalid_sample", details={"column": name})
             else:
                 columns.append(Column(validate_column_name(name), _infer_scalar(value)))
 

@@ -167,3 +167,8 @@ def test_action_headers_are_checked_like_push_headers(f, headers):
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "headers", r.text
     r = f.post("/api/pushes", json={"name": "p", "view": "v", "url": "https://example.com/hook", "log_time_field": "dt", "headers": headers})
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "headers", r.text
+
+
+def test_a_sample_integer_beyond_64_bits_is_refused_not_made_an_integer_column(api):
+    r = api.post("/api/datasets", **body(f'{{"name": "big", "sample": {{"n": {BIG}, "m": 1}}}}'))
+    assert r.status_code == 422 and r.json()["error"]["details"] == {"column": "n"}
