@@ -10,7 +10,7 @@
     ├── TooLarge                  413  the body is over the configured limit
     ├── Unsupported               415  a content type we do not read
     ├── TargetRefused             422  a URL to a private/loopback address while those are not allowed
-    └── DatabaseUnavailable       503  the database cannot be opened or reached
+    └── DatabaseUnavailable       503  the database cannot be opened or reached, or is locked
 
 Each error carries a stable ``code`` (a word clients can match on), a human message and optional
 ``details`` (any JSON value: per-row errors, the closest field name, a position in a formula).

@@ -172,3 +172,40 @@ def test_action_headers_are_checked_like_push_headers(f, headers):
 def test_a_sample_integer_beyond_64_bits_is_refused_not_made_an_integer_column(api):
     r = api.post("/api/datasets", **body(f'{{"name": "big", "sample": {{"n": {BIG}, "m": 1}}}}'))
     assert r.status_code == 422 and r.json()["error"]["details"] == {"column": "n"}
+
+
+# -- the database cannot serve: 503, not 500 --------------------------------------------------------
+
+
+def test_a_sqlite_file_locked_by_another_process_answers_503_and_recovers(tmp_path, monkeypatch):
+    import sqlite3
+
+    from starlette.testclient import TestClient
+
+    from pushbase.keys import create_key
+    from pushbase.settings import Settings
+    from pushbase.storage import open_store
+    from pushbase.web.app import create_app
+
+    monkeypatch.setenv("PUSHBASE_SQLITE_BUSY_SECONDS", "0.2")
+    db = str(tmp_path / "locked.db")
+    store = open_store(db)
+    key, _ = create_key(store, "admin", ["admin"])
+    app = create_app(Settings(db=db, allow_private_targets=True), store=store)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            headers = {"x-api-key": key}
+            assert client.post("/api/datasets", headers=headers, json={"name": "d", "columns": COLS}).status_code == 201
+            other = sqlite3.connect(db, isolation_level=None)  # a backup or a sqlite3 shell, say
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                r = client.post("/api/datasets", headers=headers, json={"name": "e", "columns": COLS})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+                assert "locked" in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            r = client.post("/api/datasets", headers=headers, json={"name": "e", "columns": COLS})
+            assert r.status_code == 201, r.text
+    finally:
+        store.close()

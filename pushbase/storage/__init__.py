@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -28,7 +29,7 @@ from . import codecs, schema
 from .writer import WritePressure, WriterTurns
 from ..errors import DatabaseUnavailable
 
-__all__ = ["Store", "open_store", "DatasetColumns", "LightConnection", "NeedsConnection", "schema", "codecs"]
+__all__ = ["Store", "open_store", "database_unavailable_reason", "sqlite_busy_seconds", "DatasetColumns", "LightConnection", "NeedsConnection", "schema", "codecs"]
 
 DEFAULT_DB = "./pushbase.db"
 _PENDING_NOTIFICATIONS = "pushbase_pending_notifications"
@@ -355,6 +356,33 @@ def _pg_connection_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> No
         raise sa.exc.DisconnectionError("the server ended the connection")
 
 
+# SQLite's operational errors that tell the database's state (a lock, the disk), not a wrong statement.
+_SQLITE_STATE = ("locked", "busy", "disk", "unable to open", "readonly", "read-only")
+
+
+def database_unavailable_reason(exc: BaseException) -> str | None:
+    """The first line of an error that says the database cannot serve now (PostgreSQL down or cut off,
+    a SQLite file locked by another process or on a full disk); None for any other error."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if isinstance(orig, sqlite3.OperationalError):
+        return text if any(word in text.lower() for word in _SQLITE_STATE) else None
+    return text if isinstance(orig, psycopg.OperationalError) else None
+
+
+def sqlite_busy_seconds() -> float:
+    """How long a SQLite statement waits for a lock another process holds (``PUSHBASE_SQLITE_BUSY_SECONDS``,
+    60): a backup or a ``sqlite3`` shell holding the file. Past it the request is a 503."""
+    value = os.environ.get("PUSHBASE_SQLITE_BUSY_SECONDS", "60").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DatabaseUnavailable(f"PUSHBASE_SQLITE_BUSY_SECONDS must be a number, not {value!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise DatabaseUnavailable(f"PUSHBASE_SQLITE_BUSY_SECONDS must be between 0 and 3600, not {value!r}")
+    return seconds
+
+
 def pg_random_page_cost() -> float | None:
     """What our PostgreSQL sessions plan with (``PUSHBASE_PG_RANDOM_PAGE_COST``; empty: the server's)."""
     value = os.environ.get("PUSHBASE_PG_RANDOM_PAGE_COST", "1.1").strip()
@@ -426,11 +454,12 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
         if not os.path.isdir(directory):
             raise DatabaseUnavailable(f"cannot open the SQLite database {path}: the folder {directory} does not exist")
     sa_url = f"sqlite:///{path}"
+    busy_seconds = sqlite_busy_seconds()
 
     def make(pool_size: int, begin: str, cache_kib: int) -> sa.Engine:
         engine = sa.create_engine(
             sa_url,
-            connect_args={"check_same_thread": False, "timeout": 60},
+            connect_args={"check_same_thread": False, "timeout": busy_seconds},
             poolclass=sa.pool.QueuePool,
             pool_size=pool_size,
             max_overflow=0,
@@ -446,7 +475,7 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
             cur.execute("PRAGMA temp_store=MEMORY")
             # Debian's SQLite zeroes every freed page (secure_delete=ON), which made dropping a 1 MB job

@@ -5,6 +5,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import sqlite3
+
 import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -12,10 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import Invalid, NotFound, PushbaseError
+from ..errors import DatabaseUnavailable, Invalid, NotFound, PushbaseError
 from ..outbound import OutboundClient
 from ..settings import Settings
-from ..storage import Store, open_store
+from ..storage import Store, database_unavailable_reason, open_store
 from ..views.readahead import ReadAhead
 from .common import JSONAnswer, error_response
 from .routes import compat_qrvey, datasets, system
@@ -99,6 +101,18 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                 return error_response(NotFound("nothing here has a name with the NUL character (U+0000)"))
             return error_response(Invalid("text may not contain the NUL character (U+0000)", code="invalid_text"))
         return await on_unexpected(request, exc)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def on_operational_error(request: Request, exc: Exception) -> JSONAnswer:
+        reason = database_unavailable_reason(exc)
+        if reason is None:  # an SQL mistake, ours: a bug, not the database's state
+            return await on_unexpected(request, exc)
+        log.warning("database unavailable: %s", reason)
+        answer = error_response(DatabaseUnavailable(f"the database did not answer ({reason}); try again shortly"))
+        answer.headers["Retry-After"] = "1"
+        return answer
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, exc: Exception) -> JSONAnswer:
