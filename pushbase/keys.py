@@ -131,16 +131,29 @@ def _cache_for(store: Store) -> _KeyCache:
 
 
 def authenticate(store: Store, key: str | None) -> Principal:
+    """The key's principal (401 when missing, unknown or revoked); reads the database on a cache miss."""
+    found = cached_principal(store, key)
+    if found is not None:
+        return found
+    assert key is not None  # cached_principal refused a missing one
+    digest = _hash(key)
+    with store.read() as conn:
+        row = conn.execute(sa.select(keys_table).where(keys_table.c.hash == digest)).first()
+    principal = None if row is None or row.revoked_at is not None else Principal(row.id, row.name, frozenset(row.scopes))
+    _cache_for(store).put(digest, principal)
+    return _valid(principal)
+
+
+def cached_principal(store: Store, key: str | None) -> Principal | None:
+    """Like ``authenticate`` for a key seen lately, without touching the database (so the API can check
+    it on the event loop, with no thread hand-off); None when the database must be asked."""
     if not key:
         raise Unauthorized("send your API key in the x-api-key header", code="missing_key")
-    digest = _hash(key)
-    cache = _cache_for(store)
-    hit, principal = cache.get(digest)
-    if not hit:
-        with store.read() as conn:
-            row = conn.execute(sa.select(keys_table).where(keys_table.c.hash == digest)).first()
-        principal = None if row is None or row.revoked_at is not None else Principal(row.id, row.name, frozenset(row.scopes))
-        cache.put(digest, principal)
+    hit, principal = _cache_for(store).get(_hash(key))
+    return _valid(principal) if hit else None
+
+
+def _valid(principal: Principal | None) -> Principal:
     if principal is None:
         raise Unauthorized("the API key is not valid", code="invalid_key")
     return principal

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest, PushbaseError, TooLarge
-from ..keys import Principal, authenticate
+from ..keys import Principal, authenticate, cached_principal
 from ..rows import loads_exact
 from ..settings import Settings
 from ..storage import Store
@@ -57,8 +57,10 @@ def _key_from(request: Request) -> str | None:
 
 
 async def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller's key (401 when missing or wrong)."""
-    return await run_in_threadpool(authenticate, store_of(request), _key_from(request))
+    """FastAPI dependency: the caller's key (401 when missing or wrong). A key seen lately is checked
+    right here; only a cache miss reads the database, in a thread."""
+    store, key = store_of(request), _key_from(request)
+    return cached_principal(store, key) or await run_in_threadpool(authenticate, store, key)
 
 
 async def read_body(request: Request) -> bytes:
