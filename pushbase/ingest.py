@@ -36,7 +36,7 @@ from .datasets import Dataset, get_dataset, get_dataset_by_id
 from .errors import BadRequest, Invalid, NotFound, Unsupported
 from . import loading
 from .leases import new_owner, owner_is_dead
-from .rows import loads_exact
+from .rows import dumps_exact, loads_exact
 from .loading import JobFailed
 from .storage import Store
 from .storage.schema import jobs as jobs_table
@@ -581,7 +581,7 @@ def run_next_job(store: Store, owner: str, job_id: str | None = None) -> dict[st
 def load_rows_now(store: Store, dataset_name: str, rows: list[Any], *, source: str) -> dict[str, Any]:
     """Load rows through a job and run it at once (tasks' ``load``): same checks, same status document."""
     dataset = get_dataset(store, dataset_name)
-    body = orjson.dumps(rows)
+    body = dumps_exact(rows)  # integers beyond 64 bits reach the checks, which name them
     job_id, status = accept_job(store, dataset, "load", rows, body, "application/json", source=source)
     if status not in UNFINISHED_STATUSES:
         return job_status(store, job_id)

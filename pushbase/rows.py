@@ -21,7 +21,7 @@ from .errors import BadRequest
 from .storage import codecs
 
 __all__ = [
-    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON", "loads_exact", "may_hold_long_integers",
+    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON", "dumps_exact", "loads_exact", "may_hold_long_integers",
 ]
 
 DEFAULT_PAGE = 1000
@@ -82,6 +82,15 @@ _NINETEEN_DIGITS = b"0" * 19
 def may_hold_long_integers(data: bytes) -> bool:
     """False when no integer in this JSON text can be beyond 64 bits (none has 19 digits)."""
     return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZERO)
+
+
+def dumps_exact(value: Any, option: int | None = None) -> bytes:
+    """JSON like ``orjson.dumps`` (with ``option``), and where orjson cannot, msgspec: integers beyond
+    64 bits, which ``loads_exact`` keeps, and nesting deeper than orjson's 254 levels."""
+    try:
+        return orjson.dumps(value, option=option)
+    except TypeError:
+        return JSON.encode(value)
 
 
 def loads_exact(data: bytes) -> Any:

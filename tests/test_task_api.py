@@ -354,6 +354,15 @@ def test_a_load_that_does_not_match_fails_the_run_with_the_job(tapi: Api, third_
     assert run["status"] == "failed" and "'nope' does not exist" in run["error"]["reason"]
 
 
+def test_a_load_with_an_integer_beyond_64_bits_fails_its_job_naming_it(tapi: Api, third_party: ThirdParty) -> None:
+    tapi.post("/api/datasets", json={"name": "rates", "columns": [{"name": "code", "type": "string"}, {"name": "rate", "type": "integer"}], "unique_id": ["code"]})
+    tapi.post("/api/tasks", json=sync_rates(third_party.url, load={"dataset": "rates", "rows": [{"code": "a", "rate": "{{ 2 ** 70 }}"}]}))
+    run = tapi.post("/api/tasks/sync_rates/run", json={}).json()
+    assert run["status"] == "failed" and run["error"]["at"] == "load", run
+    assert run["load"]["status"] == "ErrorExit" and run["load"]["errors"][0]["column"] == "rate"
+    assert tapi.get("/api/datasets/rates").json()["row_count"] == 0
+
+
 def test_runs_page_newest_first(tapi: Api, third_party: ThirdParty) -> None:
     tapi.post("/api/tasks", json={"name": "t", "steps": [{"name": "a", "method": "POST", "url": f"{third_party.url}/login", "json": {"user": "u", "password": "{{ params.pw }}"}}]})
     ids = [tapi.post("/api/tasks/t/run", json={"params": {"pw": pw}}).json()["run_id"] for pw in ("x", PASSWORD, "y")]

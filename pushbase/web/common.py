@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-import msgspec
 import orjson
 from fastapi import Path, Request
 from fastapi.responses import Response
@@ -12,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest, PushbaseError, TooLarge
 from ..keys import Principal, authenticate, cached_principal
-from ..rows import loads_exact
+from ..rows import dumps_exact, loads_exact
 from ..settings import Settings
 from ..storage import Store
 
@@ -26,12 +25,8 @@ class JSONAnswer(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
-            # orjson writes neither integers beyond 64 bits nor nesting deeper than 254 levels; an
-            # answer may echo such a value back (a 422 naming it, a stored json value): msgspec writes both.
-            return msgspec.json.encode(content)
+        # An answer may echo an integer beyond 64 bits (a 422 naming it) or a deep json value.
+        return dumps_exact(content, option=orjson.OPT_NON_STR_KEYS)
 
 
 def error_response(error: PushbaseError) -> JSONAnswer:
