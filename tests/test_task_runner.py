@@ -258,7 +258,9 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
             "url": "/echo",
             "params": {"api_key": "{{ secrets.API_KEY }}", "q": "x{{ secrets.API_PW }}"},
             "headers": {"X-Custom": "{{ secrets.API_PW }}", "Authorization": "Basic {{ ('u:' ~ secrets.API_PW) | b64encode }}"},
-            "json": {"note": "pw is {{ secrets.API_PW }}", "nested": ["{{ secrets.API_KEY }}"], "plain": "{{ secrets.API_PW }}"},
+            "json": {"note": "pw is {{ secrets.API_PW }}", "nested": ["{{ secrets.API_KEY }}"], "plain": "{{ secrets.API_PW }}",
+                     # made from a secret, in a field whose name says nothing: no encoding of the secret alone finds these
+                     "z": "Basic {{ ('z:' ~ secrets.API_PW) | b64encode }}", "shout": "{{ secrets.API_PW | upper }}"},
         },
         {"name": "after", "url": "/echo", "params": {"seen": "{{ send.data.body.note }}"}},
     )
@@ -271,7 +273,7 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
     text = dumped(result)
     secret = 'p&w ü/"q'
     forms = [API_KEY, secret, "p%26w", orjson.dumps(secret).decode()[1:-1], base64.b64encode(secret.encode()).decode()]
-    forms += [base64.b64encode(f"u:{secret}".encode()).decode(), "u:p&w"]
+    forms += [base64.b64encode(f"u:{secret}".encode()).decode(), "u:p&w", secret.upper(), base64.b64encode(f"z:{secret}".encode()).decode()]
     for form in forms:
         assert form not in text, form
     step = result.to_json()["steps"][0]
@@ -279,6 +281,7 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
     assert step["request"]["headers"]["Authorization"] == "***"
     assert step["request"]["body"]["plain"] == "***"
     assert step["request"]["body"]["note"] == "pw is ***"
+    assert step["request"]["body"]["z"] == "***" and step["request"]["body"]["shout"] == "***"
     assert "api_key=%2A%2A%2A" in step["request"]["url"] or "api_key=***" in step["request"]["url"]
     assert "never-read-value" not in text
 

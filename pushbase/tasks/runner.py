@@ -67,7 +67,7 @@ from ..durations import format_duration
 from ..errors import Invalid, PushbaseError
 from ..netguard import check_url
 from .models import StepSpec, TaskSpec
-from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, used_secret_values
+from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, secret_derived_values, used_secret_values
 
 __all__ = [
     "HttpSender",
@@ -575,6 +575,12 @@ async def run_task(
             error = {"at": "load", "step": None, "reason": load_error}
 
     redactor = _Redactor(used_secret_values(secret_box))
+    for derived in secret_derived_values(secret_box):
+        # Text made from a secret but no longer holding it (encoded, changed case) is redacted whole;
+        # text that holds it keeps the rest ("pw is ***"). Six characters or more: a short one (a
+        # length, "7") would hide too much of the record.
+        if not any(form in derived for form in redactor.values):
+            redactor.add(derived)
     for rec in records:
         redactor.collect_request(rec.get("request"))
     for rec in records:

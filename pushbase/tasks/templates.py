@@ -64,6 +64,7 @@ __all__ = [
     "check_template_syntax",
     "template_names",
     "used_secret_values",
+    "secret_derived_values",
     "is_template",
     "GLOBAL_NAMES",
     "MAX_TEXT",
@@ -577,6 +578,15 @@ def render_string(source: str, context: Mapping[str, Any], *, where: str = "", t
     """Render one string; an exact ``{{ expression }}`` gives its value unless ``text``."""
     if not is_template(source):
         return source
+    secrets = context.get("secrets")
+    reads = secrets._reads if isinstance(secrets, Secrets) else 0
+    rendered = _render_string(source, context, where=where, text=text)
+    if isinstance(secrets, Secrets) and secrets._reads != reads:
+        _note_derived(secrets, rendered)
+    return rendered
+
+
+def _render_string(source: str, context: Mapping[str, Any], *, where: str, text: bool) -> Any:
     outer = getattr(_local, "weights", None) is None
     if outer:
         _local.weights = {}
@@ -688,16 +698,21 @@ class Secrets:
     """``secrets.NAME`` in templates. Remembers every value it handed out so the runner can
     redact them; it cannot be listed, printed or turned into JSON."""
 
-    __slots__ = ("_values", "_used")
+    __slots__ = ("_values", "_used", "_reads", "_derived")
 
     def __init__(self, values: Mapping[str, str]) -> None:
         self._values = dict(values)
         self._used: dict[str, str] = {}
+        self._reads = 0
+        # What templates that read a secret made of it (``"Basic " ~ (user ~ ":" ~ secrets.PW) | b64encode``):
+        # no encoding of the secret alone would find it in the record.
+        self._derived: list[str] = []
 
     def __getitem__(self, name: Any) -> Any:
         if isinstance(name, str) and name in self._values:
             value = self._values[name]
             self._used[name] = value
+            self._reads += 1
             return value
         return StrictUndefined(hint=f"secret {name!r} is not set (set the environment variable PUSHBASE_SECRET_{name} for the process that runs the task)")
 
@@ -716,6 +731,23 @@ class Secrets:
 def used_secret_values(secrets: Secrets) -> list[str]:
     """The values of the secrets that templates read so far."""
     return list(secrets._used.values())
+
+
+def secret_derived_values(secrets: Secrets) -> list[str]:
+    """The text that templates made from secrets so far (each rendered string that read one)."""
+    return list(secrets._derived)
+
+
+def _note_derived(secrets: Secrets, value: Any) -> None:
+    if isinstance(value, str):
+        secrets._derived.append(value)
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            _note_derived(secrets, key)
+            _note_derived(secrets, sub)
+    elif isinstance(value, (list, tuple)):
+        for sub in value:
+            _note_derived(secrets, sub)
 
 
 class _View:
