@@ -130,6 +130,11 @@ def test_undefined_names_and_attributes_fail_strictly() -> None:
     assert fails("{{ [login.data.nope] }}").kind == "undefined"
     assert fails("{{ login.data.nope ~ '' }}").kind == "undefined"
     assert fails("{{ api_call_1.data.results[5] }}").kind == "undefined"
+    # A step's result names what it has, not an internal class ('...StepResult object').
+    assert fails("{{ login.token }}", where="step 'fetch'", field="headers.Authorization").message == (
+        "step 'fetch', headers.Authorization: a step has no 'token': it has data, items, status, headers, pages, ok, error "
+        "(the answer's fields are under data, e.g. step.data.token)")
+    assert render_value("{{ login.token | default('none') }}", make_context()) == "none"
 
 
 def test_views_are_fetched_lazily_once_per_run() -> None:

@@ -279,6 +279,10 @@ class _TaskEnvironment(ImmutableSandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Undefined):
             obj._fail_with_undefined_error()
+        if isinstance(obj, StepResult) and attribute not in _STEP_FIELDS:
+            # Jinja's own message names our class ('...StepResult object' has no attribute 'token').
+            return StrictUndefined(hint=f"a step has no {attribute!r}: it has {', '.join(_STEP_FIELDS)} "
+                                        f"(the answer's fields are under data, e.g. step.data.{attribute})")
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
@@ -685,6 +689,9 @@ class StepResult:
     pages: int | None = None
     ok: bool = True
     error: str | None = None
+
+
+_STEP_FIELDS = ("data", "items", "status", "headers", "pages", "ok", "error")
 
 
 class Params(dict):  # type: ignore[type-arg]
