@@ -219,20 +219,22 @@ def check_rows(store: Store, dataset: Dataset, items: Sequence[Any]) -> Checked:
                 if value is None and index < len(items) and type(items[index]) is dict:
                     errors.add(index, column.name, "a unique-id value is required", None, EXPECTED[column.type])
         columns.append(_check_column(store, column.name, column.type, values, errors))
-    errors.raise_if_any("loaded")
-    checked = Checked(columns, len(objects))
     if unique:
+        # Also when other rows failed: the errors name every problem of the payload at once. A
+        # missing or unreadable unique-id value (None here) is reported above, never as a repeat.
         positions = [next(i for i, c in enumerate(dataset.columns) if c.name == n) for n in dataset.unique_id]
         keys = list(zip(*[columns[p] for p in positions]))
         if len(set(keys)) != len(keys):
             first_seen: dict[tuple[Any, ...], int] = {}
             for index, key in enumerate(keys):
+                if None in key:
+                    continue
                 if key in first_seen:
                     errors.add(index, ",".join(dataset.unique_id), f"unique id repeats row {first_seen[key]} of the same payload", list(key))
                 else:
                     first_seen[key] = index
-            errors.raise_if_any("loaded")
-    return checked
+    errors.raise_if_any("loaded")
+    return Checked(columns, len(objects))
 
 
 def check_keys(store: Store, dataset: Dataset, items: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -120,6 +120,14 @@ def test_job_rules(orders, payload, column, fragment):
     assert orders.all_rows("/api/datasets/orders/rows") == []
 
 
+def test_a_repeated_unique_id_is_named_among_other_problems(orders):
+    doc = orders.load("orders", [{"order_id": 1}, {"order_id": 1}, {"order_id": 3, "total": "x"}, {"order_id": "y"}])
+    assert doc["status"] == "ErrorExit"
+    problems = {(e["row"], e["column"]) for e in doc["errors"]}
+    assert problems == {(1, "order_id"), (2, "total"), (3, "order_id")}, doc["errors"]
+    assert orders.all_rows("/api/datasets/orders/rows") == []
+
+
 def test_accepted_coercions(orders):
     doc = orders.load("orders", [{"order_id": 1.0, "total": 3, "at": "2024-05-01T12:00:00+02:00", "day": "2024-05-01", "meta": {"a": [1]}}])
     assert doc["status"] == "Complete", doc
