@@ -493,7 +493,7 @@ def test_docs_worked_example(tmp_path: Path, server_factory: Any) -> None:
     (tmp_path / "example_api.py").write_text(python_block)
     shop = subprocess.Popen([sys.executable, str(tmp_path / "example_api.py"), str(api_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        db = str(tmp_path / "pushbase.db")
+        db = str(tmp_path / "tasks-demo.db")  # the database the page names
         env = {"PUSHBASE_SECRET_SHOP_PASSWORD": "hunter2"}
         server = server_factory(db, env=env)
         key = admin_key(db)

@@ -265,22 +265,36 @@ class TaskSpec(_Model):
         return value
 
     @model_validator(mode="after")
-    def _names(self) -> "TaskSpec":
-        seen: list[str] = []
-        all_names = [step.name for step in self.steps]
+    def _unique_steps(self) -> "TaskSpec":
+        seen: set[str] = set()
         for step in self.steps:
             if step.name in seen:
                 raise ValueError(f"step names must be unique: {step.name!r} appears twice")
-            allowed = _CONTEXT_NAMES | set(seen)
-            _check_names(step.request_templates(), allowed, all_names, f"step {step.name!r}", step.name)
-            _check_names(step.page_templates(), allowed | _PAGE_NAMES, all_names, f"step {step.name!r}", step.name)
-            seen.append(step.name)
-        if self.load is not None:
-            _check_names({"load.rows": self.load.rows}, _CONTEXT_NAMES | set(seen), all_names, "load", None)
+            seen.add(step.name)
         return self
 
+    def name_problems(self) -> list[dict[str, Any]]:
+        """Every name a template reads that it may not (a later step, its own, an unknown one), each
+        with its place (``{"loc": ["steps", "1", "url"], "message"}``): checked on a definition that is
+        otherwise valid, since which names exist depends on its steps."""
+        problems: list[dict[str, Any]] = []
+        seen: list[str] = []
+        all_names = [step.name for step in self.steps]
+        for index, step in enumerate(self.steps):
+            allowed = _CONTEXT_NAMES | set(seen)
+            where, loc = f"step {step.name!r}", ["steps", str(index)]
+            problems += _name_problems(step.request_templates(), allowed, all_names, where, step.name, loc)
+            problems += _name_problems(step.page_templates(), allowed | _PAGE_NAMES, all_names, where, step.name, loc)
+            seen.append(step.name)
+        if self.load is not None:
+            problems += _name_problems({"load.rows": self.load.rows}, _CONTEXT_NAMES | set(seen), all_names, "load", None, [])
+        return problems
 
-def _check_names(fields: dict[str, Any], allowed: set[str] | frozenset[str], steps: list[str], where: str, own: str | None) -> None:
+
+def _name_problems(fields: dict[str, Any], allowed: set[str] | frozenset[str], steps: list[str], where: str, own: str | None,
+                   loc: list[str]) -> list[dict[str, Any]]:
+    """Each name a template reads that it may not: ``{"loc", "message"}``."""
+    problems = []
     for field, value in fields.items():
         if value is None:
             continue
@@ -293,4 +307,5 @@ def _check_names(fields: dict[str, Any], allowed: set[str] | frozenset[str], ste
             else:
                 known = ", ".join(sorted(allowed))
                 reason = f"unknown name {name!r} (known here: {known})"
-            raise ValueError(f"{where}, {field}: {reason}")
+            problems.append({"loc": [*loc, *field.split(".")], "message": f"{where}, {field}: {reason}"})
+    return problems

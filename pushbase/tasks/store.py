@@ -96,7 +96,7 @@ def parse_spec(body: dict[str, Any]) -> TaskSpec:
     """The ``TaskSpec`` of ``body``; pydantic's errors become one 422 with every error in details."""
     refuse_long_integers(body, code="invalid_task")
     try:
-        return TaskSpec.model_validate(body)
+        spec = TaskSpec.model_validate(body)
     except ValidationError as exc:
         details = [
             {"loc": [str(part) for part in error.get("loc", ())], "message": _message(error)}
@@ -106,6 +106,10 @@ def parse_spec(body: dict[str, Any]) -> TaskSpec:
         where = ".".join(first["loc"])
         message = f"{where}: {first['message']}" if where else first["message"]
         raise Invalid(message, code="invalid_task", details=details) from None
+    problems = spec.name_problems()
+    if problems:
+        raise Invalid(problems[0]["message"], code="invalid_task", details=problems)
+    return spec
 
 
 def _literal_host_part(url: str) -> str | None:
