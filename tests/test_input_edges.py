@@ -209,3 +209,24 @@ def test_a_sqlite_file_locked_by_another_process_answers_503_and_recovers(tmp_pa
             assert r.status_code == 201, r.text
     finally:
         store.close()
+
+
+def test_only_the_database_state_counts_as_unavailable_and_the_reason_names_no_host():
+    import sqlite3
+
+    import psycopg
+
+    from pushbase.storage import database_unavailable_reason
+
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError) as sql_mistake:
+        conn.execute("select locked from nowhere")  # "locked" in the text is no lock
+    assert database_unavailable_reason(sql_mistake.value) is None
+    assert database_unavailable_reason(psycopg.errors.QueryCanceled()) is None  # a timeout: not the server's state
+    assert database_unavailable_reason(psycopg.errors.DeadlockDetected()) is None
+    assert database_unavailable_reason(psycopg.errors.AdminShutdown()) == "server shutting down"
+    assert database_unavailable_reason(psycopg.errors.TooManyConnections()) == "out of resources (disk, memory or connections)"
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect("postgresql://someone@127.0.0.1:1/db", connect_timeout=2)
+    reason = database_unavailable_reason(refused.value)
+    assert reason == "connection failed" and "127.0.0.1" not in reason and "someone" not in reason

@@ -356,18 +356,28 @@ def _pg_connection_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> No
         raise sa.exc.DisconnectionError("the server ended the connection")
 
 
-# SQLite's operational errors that tell the database's state (a lock, the disk), not a wrong statement.
-_SQLITE_STATE = ("locked", "busy", "disk", "unable to open", "readonly", "read-only")
+# What says the database cannot serve now, as opposed to a statement that can never work (a bug):
+# SQLite's primary result codes, and PostgreSQL's SQLSTATE classes and codes.
+_SQLITE_UNAVAILABLE = {"SQLITE_BUSY": "locked by another process", "SQLITE_FULL": "disk full",
+                       "SQLITE_IOERR": "disk error", "SQLITE_CANTOPEN": "cannot open the file", "SQLITE_READONLY": "read-only"}
+_PG_UNAVAILABLE = {"08": "connection failed", "53": "out of resources (disk, memory or connections)",
+                   "57P01": "server shutting down", "57P02": "server shutting down", "57P03": "server starting up"}
 
 
 def database_unavailable_reason(exc: BaseException) -> str | None:
-    """The first line of an error that says the database cannot serve now (PostgreSQL down or cut off,
-    a SQLite file locked by another process or on a full disk); None for any other error."""
+    """A short reason when ``exc`` says the database cannot serve now (PostgreSQL down, cut off or out of
+    resources; a SQLite file locked by another process, read-only or on a full disk); None for any
+    other error. Never the driver's text, which may name hosts and users."""
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    if isinstance(orig, sqlite3.OperationalError):
-        return text if any(word in text.lower() for word in _SQLITE_STATE) else None
-    return text if isinstance(orig, psycopg.OperationalError) else None
+    if isinstance(orig, sqlite3.Error):
+        primary = (getattr(orig, "sqlite_errorname", None) or "").split("_")[:2]
+        return _SQLITE_UNAVAILABLE.get("_".join(primary))
+    if isinstance(orig, psycopg.OperationalError):
+        state = orig.sqlstate
+        if state is None:  # failed on the client side: no connection, or it broke
+            return "connection failed"
+        return _PG_UNAVAILABLE.get(state) or _PG_UNAVAILABLE.get(state[:2])
+    return None
 
 
 def sqlite_busy_seconds() -> float:

@@ -107,9 +107,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     @app.exception_handler(sqlite3.OperationalError)
     async def on_operational_error(request: Request, exc: Exception) -> JSONAnswer:
         reason = database_unavailable_reason(exc)
-        if reason is None:  # an SQL mistake, ours: a bug, not the database's state
+        if reason is None:  # a statement that cannot work (a bug, or a limit): logged, 500
             return await on_unexpected(request, exc)
-        log.warning("database unavailable: %s", reason)
+        log.warning("database unavailable (%s): %s", reason, getattr(exc, "orig", None) or exc)
         answer = error_response(DatabaseUnavailable(f"the database did not answer ({reason}); try again shortly"))
         answer.headers["Retry-After"] = "1"
         return answer
