@@ -158,6 +158,11 @@ def test_every_name_problem_is_reported_at_once_with_its_place() -> None:
     assert [p["loc"] for p in name_problems(body)] == [["steps", "0", "url"], ["steps", "1", "paginate", "items"], ["load", "rows"]]
 
 
+def test_templated_urls_are_checked_at_run_time_not_here() -> None:
+    spec = parse_spec(with_step(url="{{ params.base_url }}/rates"))
+    assert spec.steps[0].url == "{{ params.base_url }}/rates"
+
+
 def test_load_rows_may_be_a_literal_list() -> None:
     spec = TaskSpec.model_validate({**with_step(), "load": {"dataset": "d", "rows": [{"a": "{{ s.data.x }}"}]}})
     assert spec.load is not None and spec.load.rows == [{"a": "{{ s.data.x }}"}]

@@ -260,7 +260,9 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
             "headers": {"X-Custom": "{{ secrets.API_PW }}", "Authorization": "Basic {{ ('u:' ~ secrets.API_PW) | b64encode }}"},
             "json": {"note": "pw is {{ secrets.API_PW }}", "nested": ["{{ secrets.API_KEY }}"], "plain": "{{ secrets.API_PW }}",
                      # made from a secret, in a field whose name says nothing: no encoding of the secret alone finds these
-                     "z": "Basic {{ ('z:' ~ secrets.API_PW) | b64encode }}", "shout": "{{ secrets.API_PW | upper }}"},
+                     "z": "Basic {{ ('z:' ~ secrets.API_PW) | b64encode }}", "shout": "{{ secrets.API_PW | upper }}",
+                     # ... also next to a plain secret in the same string
+                     "mixed": "{{ secrets.API_KEY }}:{{ secrets.API_PW | upper }} and {{ ('m:' ~ secrets.API_PW) | b64encode }}"},
         },
         {"name": "after", "url": "/echo", "params": {"seen": "{{ send.data.body.note }}"}},
     )
@@ -273,7 +275,8 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
     text = dumped(result)
     secret = 'p&w ü/"q'
     forms = [API_KEY, secret, "p%26w", orjson.dumps(secret).decode()[1:-1], base64.b64encode(secret.encode()).decode()]
-    forms += [base64.b64encode(f"u:{secret}".encode()).decode(), "u:p&w", secret.upper(), base64.b64encode(f"z:{secret}".encode()).decode()]
+    forms += [base64.b64encode(f"u:{secret}".encode()).decode(), "u:p&w", secret.upper(), base64.b64encode(f"z:{secret}".encode()).decode(),
+              base64.b64encode(f"m:{secret}".encode()).decode()]
     for form in forms:
         assert form not in text, form
     step = result.to_json()["steps"][0]
@@ -281,7 +284,8 @@ async def test_secrets_never_reach_the_record_in_any_form(api: LocalApi, client:
     assert step["request"]["headers"]["Authorization"] == "***"
     assert step["request"]["body"]["plain"] == "***"
     assert step["request"]["body"]["note"] == "pw is ***"
-    assert step["request"]["body"]["z"] == "***" and step["request"]["body"]["shout"] == "***"
+    assert step["request"]["body"]["z"] == "Basic ***" and step["request"]["body"]["shout"] == "***"
+    assert step["request"]["body"]["mixed"] == "***:*** and ***"
     assert "api_key=%2A%2A%2A" in step["request"]["url"] or "api_key=***" in step["request"]["url"]
     assert "never-read-value" not in text
 
@@ -523,16 +527,16 @@ async def test_a_body_that_cannot_be_json_fails_the_step(api: LocalApi, client: 
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed" and result.error is not None
     assert result.error["reason"] == "step 's', json: cannot encode as JSON: Integer exceeds 64-bit range"
+    assert api.requests == []
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("field", ["form", "params"])
+@pytest.mark.parametrize("field", ["form", "params", "headers"])
 async def test_text_that_cannot_be_utf8_fails_the_step_clearly(api: LocalApi, client: OutboundClient, field: str) -> None:
     spec = task(api, {"name": "s", "method": "POST", "url": "/echo", field: {"n": "{{ '\\ud800' }}"}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "failed" and result.error is not None
     assert result.error["reason"].startswith("step 's'") and "unexpected" not in result.error["reason"]
-    assert api.requests == []
     assert api.requests == []
 
 

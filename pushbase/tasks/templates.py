@@ -336,8 +336,14 @@ def _check_replace(text: Any, old: Any, new: Any, count: Any) -> None:
 
 
 def _finalize(value: Any) -> Any:
-    """Applied to every ``{{ }}`` output of a text template before ``str()``."""
+    """Applied to every ``{{ }}`` output of a text template before ``str()``. An output whose
+    expression read a secret is remembered for redaction on its own, so that in ``"{{ secrets.USER }}:
+    {{ secrets.PW | upper }}"`` the upper-cased password is found, not only the whole string."""
     _weight(value, MAX_TEXT)
+    secrets = getattr(_local, "secrets", None)
+    if secrets is not None and secrets._reads != _local.secret_reads:
+        _local.secret_reads = secrets._reads
+        _note_derived(secrets, value if isinstance(value, str) else str(value))
     return value
 
 
@@ -583,9 +589,16 @@ def render_string(source: str, context: Mapping[str, Any], *, where: str = "", t
     if not is_template(source):
         return source
     secrets = context.get("secrets")
-    reads = secrets._reads if isinstance(secrets, Secrets) else 0
-    rendered = _render_string(source, context, where=where, text=text)
-    if isinstance(secrets, Secrets) and secrets._reads != reads:
+    if not isinstance(secrets, Secrets):
+        return _render_string(source, context, where=where, text=text)
+    reads = secrets._reads
+    saved = getattr(_local, "secrets", None), getattr(_local, "secret_reads", 0)
+    _local.secrets, _local.secret_reads = secrets, reads  # for _finalize: each output on its own
+    try:
+        rendered = _render_string(source, context, where=where, text=text)
+    finally:
+        _local.secrets, _local.secret_reads = saved
+    if secrets._reads != reads:
         _note_derived(secrets, rendered)
     return rendered
 
