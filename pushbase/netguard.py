@@ -120,9 +120,10 @@ def check_url(url: str, *, allow_private: bool) -> None:
     Hostnames other than ``localhost`` pass: what they resolve to is checked at connect time.
     Raises ``Invalid`` for an unusable URL and ``TargetRefused`` for a private target.
     """
-    if _UNSENDABLE.search(url):
+    if _CONTROL.search(url):
         # urlsplit keeps them, and a call would fail on them (or, with CR/LF, smuggle a header line).
-        raise Invalid(f"URL may not contain spaces or control characters: {url!r}", details={"url": url})
+        # A space is no danger: the HTTP client sends it quoted (%20).
+        raise Invalid(f"URL may not contain control characters (line breaks, NUL): {url!r}", details={"url": url})
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -186,7 +187,7 @@ def _resolved_is_forbidden(address: str) -> bool:
     return is_forbidden_address(ip)
 
 
-_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_LABELS = re.compile(r"^[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
 
 

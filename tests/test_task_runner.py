@@ -664,3 +664,11 @@ async def test_load_failures_fail_the_run(api: LocalApi, client: OutboundClient)
 
     result = await run_task(task(api, base, load={"dataset": "d", "rows": "{{ fetch.data }}"}), sender=client, params={}, secrets={}, view_rows=None, load_rows=no_dataset)
     assert result.error is not None and result.error["reason"] == "load into 'd': no dataset named 'd'"
+
+
+@pytest.mark.asyncio
+async def test_a_rendered_url_with_spaces_is_sent_quoted(api: LocalApi, client: OutboundClient) -> None:
+    spec = task(api, {"name": "s", "url": "/echo?q={{ params.city }}"})
+    result = await run_task(spec, sender=client, params={"city": "New York"}, secrets={}, view_rows=None, load_rows=None)
+    assert result.status == "succeeded", result.error
+    assert api.requests[0]["query"] == [("q", "New York")]
