@@ -86,10 +86,13 @@ def may_hold_long_integers(data: bytes) -> bool:
 
 def dumps_exact(value: Any, option: int | None = None) -> bytes:
     """JSON like ``orjson.dumps`` (with ``option``), and where orjson cannot, msgspec: integers beyond
-    64 bits, which ``loads_exact`` keeps, and nesting deeper than orjson's 254 levels."""
+    64 bits, which ``loads_exact`` keeps, and nesting deeper than orjson's 254 levels. Anything else
+    orjson refuses (bytes, sets, other types) stays an error, as with orjson."""
     try:
         return orjson.dumps(value, option=option)
-    except TypeError:
+    except TypeError as exc:
+        if "64-bit" not in str(exc) and "Recursion limit" not in str(exc):
+            raise
         return JSON.encode(value)
 
 

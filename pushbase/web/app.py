@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-
 import sqlite3
+from collections.abc import AsyncIterator
 
 import psycopg
 import sqlalchemy as sa
@@ -14,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import DatabaseUnavailable, Invalid, NotFound, PushbaseError
+from ..errors import DatabaseUnavailable, NotFound, PushbaseError
 from ..outbound import OutboundClient
 from ..settings import Settings
 from ..storage import Store, database_unavailable_reason, open_store
@@ -94,12 +93,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     @app.exception_handler(sa.exc.DataError)
     @app.exception_handler(psycopg.DataError)
     async def on_data_error(request: Request, exc: Exception) -> JSONAnswer:
-        # PostgreSQL refuses text with U+0000 wherever it is compared or stored; SQLite does not. Names
-        # are checked when objects are made, so a name holding one names nothing: 404 as on SQLite.
-        if "NUL" in str(getattr(exc, "orig", None) or exc):
-            if "\x00" in request.url.path:
-                return error_response(NotFound("nothing here has a name with the NUL character (U+0000)"))
-            return error_response(Invalid("text may not contain the NUL character (U+0000)", code="invalid_text"))
+        # PostgreSQL refuses text with U+0000 even to compare it; SQLite does not. Values are checked
+        # for it before they are stored, and names when objects are made, so what is left is a lookup
+        # by a name holding one (in the path or the body): it names nothing, 404 as on SQLite.
+        if "cannot contain NUL" in str(getattr(exc, "orig", None) or exc):
+            return error_response(NotFound("nothing here has a name with the NUL character (U+0000)"))
         return await on_unexpected(request, exc)
 
     @app.exception_handler(sa.exc.OperationalError)
