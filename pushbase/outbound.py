@@ -35,12 +35,13 @@ RESERVED_HEADERS = frozenset(
 )
 
 
-def custom_header_problem(name: Any, value: Any) -> str | None:
-    """Why a custom header of a push or an action cannot be sent as given (None when it can): checked
-    when the definition is saved, so that no call fails on it later."""
+def custom_header_problem(name: Any, value: Any, *, reserved: frozenset[str] = RESERVED_HEADERS) -> str | None:
+    """Why a custom header cannot be sent as given (None when it can): checked when a push, action or
+    task is saved, so that no call fails on it later, and on a task's rendered values. Tasks pass no
+    ``reserved`` names: they call APIs of their own choosing, not signed webhooks."""
     if not isinstance(name, str) or not _HEADER_NAME.match(name):
         return f"{name!r} is not a valid header name"
-    if name.lower() in RESERVED_HEADERS:
+    if name.lower() in reserved:
         return f"{name} is set by Pushbase for every call and cannot be replaced"
     if not isinstance(value, str) or any(ch in value for ch in "\r\n\0") or len(value) > 8192:
         return f"the value of {name} must be text on one line (at most 8192 characters)"

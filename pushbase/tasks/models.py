@@ -7,7 +7,6 @@ read — a step's templates may use ``params``, ``secrets``, ``views``, the glob
 """
 from __future__ import annotations
 
-import re
 from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from ..durations import parse_duration
 from ..errors import Invalid
+from ..outbound import custom_header_problem
 from .templates import GLOBAL_NAMES, TemplateFailure, check_template_syntax, is_template
 
 __all__ = ["Method", "PaginateSpec", "StepSpec", "LoadSpec", "TaskSpec", "RESERVED_NAMES", "NAME_PATTERN"]
@@ -27,7 +27,6 @@ RESERVED_NAMES = frozenset({"params", "secrets", "views", "response", "page", "s
 
 _CONTEXT_NAMES = frozenset({"params", "secrets", "views"}) | GLOBAL_NAMES
 _PAGE_NAMES = frozenset({"response", "page"})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _MAX_TIMEOUT = 600.0
 _MAX_BACKOFF = 300.0
 
@@ -169,10 +168,9 @@ class StepSpec(_Model):
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header in value.items():
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
-            if "\r" in header or "\n" in header:
-                raise ValueError(f"header {name!r} contains a line break")
+            problem = custom_header_problem(name, header, reserved=frozenset())
+            if problem is not None:
+                raise ValueError(problem)
         _templates_ok(value, "headers")
         return value
 

@@ -66,6 +66,7 @@ import orjson
 from ..durations import format_duration
 from ..errors import Invalid, PushbaseError
 from ..netguard import check_url
+from ..outbound import custom_header_problem
 from .models import StepSpec, TaskSpec
 from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, secret_derived_values, used_secret_values
 
@@ -279,8 +280,9 @@ def _build_request(step: StepSpec, context: Mapping[str, Any], where: str) -> _R
         if isinstance(value, (dict, list)):
             raise TemplateFailure(f"header {name!r} must be text, got {type(value).__name__}", where=where)
         text = _scalar_text(value)
-        if "\r" in text or "\n" in text:
-            raise TemplateFailure(f"header {name!r} contains a line break", where=where)
+        problem = custom_header_problem(name, text, reserved=frozenset())
+        if problem is not None:
+            raise TemplateFailure(f"headers: {problem}", where=where)
         try:
             _check_text(text, f"header {name!r}")
         except TemplateFailure as exc:
