@@ -42,7 +42,7 @@ __all__ = [
     "fits_int64",
     "MAX_JSON_DEPTH",
     "json_depth",
-    "long_integer",
+    "first_long_integer",
     "refuse_long_integers",
 ]
 
@@ -275,7 +275,7 @@ def _datetime(value: Any) -> dt.datetime:
     raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:30:00Z")
 
 
-def long_integer(value: Any) -> int | None:
+def first_long_integer(value: Any) -> int | None:
     """The first integer in a JSON value beyond the 64-bit range, if any."""
     stack = [value]
     while stack:
@@ -293,7 +293,7 @@ def long_integer(value: Any) -> int | None:
 def refuse_long_integers(value: Any, *, code: str) -> None:
     """A 422 naming the first integer in ``value`` beyond the 64-bit range (stored as JSON it would
     come back as a float or not at all)."""
-    long = long_integer(value)
+    long = first_long_integer(value)
     if long is not None:
         raise Invalid(f"integers must be within the 64-bit range; {long} is not (send it as a string)", code=code, details={"value": long})
 
@@ -320,7 +320,7 @@ def json_depth(value: Any) -> int:
 def _json(value: Any) -> Any:
     if json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"a JSON value may nest at most {MAX_JSON_DEPTH} levels of arrays and objects")
-    long = long_integer(value)
+    long = first_long_integer(value)
     if long is not None:
         # Stored, it would come back as a float: refuse it rather than change it.
         raise ValueError(f"a JSON value may hold integers within the 64-bit range; {long} is not (send it as a string)")

@@ -132,8 +132,9 @@ def test_undefined_names_and_attributes_fail_strictly() -> None:
     assert fails("{{ api_call_1.data.results[5] }}").kind == "undefined"
     # A step's result names what it has, not an internal class ('...StepResult object').
     assert fails("{{ login.token }}", where="step 'fetch'", field="headers.Authorization").message == (
-        "step 'fetch', headers.Authorization: a step has no 'token': it has data, items, status, headers, pages, ok, error "
+        "step 'fetch', headers.Authorization: a step has no 'token': it has data, status, headers, items, pages, ok, error "
         "(the answer's fields are under data, e.g. step.data.token)")
+    assert "a step has no 'token'" in fails("{{ login['token'] }}").message
     assert render_value("{{ login.token | default('none') }}", make_context()) == "none"
 
 

@@ -30,6 +30,7 @@ Every failure (syntax, undefined, sandbox, limit, anything raised while evaluati
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import functools
 import re
@@ -280,14 +281,14 @@ class _TaskEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(obj, Undefined):
             obj._fail_with_undefined_error()
         if isinstance(obj, StepResult) and attribute not in _STEP_FIELDS:
-            # Jinja's own message names our class ('...StepResult object' has no attribute 'token').
-            return StrictUndefined(hint=f"a step has no {attribute!r}: it has {', '.join(_STEP_FIELDS)} "
-                                        f"(the answer's fields are under data, e.g. step.data.{attribute})")
+            return _no_step_field(attribute)
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, Undefined):
             obj._fail_with_undefined_error()
+        if isinstance(obj, StepResult) and argument not in _STEP_FIELDS:
+            return _no_step_field(argument)
         return super().getitem(obj, argument)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -704,7 +705,13 @@ class StepResult:
     error: str | None = None
 
 
-_STEP_FIELDS = ("data", "items", "status", "headers", "pages", "ok", "error")
+_STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepResult))
+
+
+def _no_step_field(name: Any) -> Undefined:
+    # Jinja's own message would name our class ('...StepResult object' has no attribute 'token').
+    return StrictUndefined(hint=f"a step has no {name!r}: it has {', '.join(_STEP_FIELDS)} "
+                                f"(the answer's fields are under data, e.g. step.data.{name})")
 
 
 class Params(dict):  # type: ignore[type-arg]
