@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 
-__all__ = ["new_owner", "owner_is_dead"]
+__all__ = ["new_owner", "owner_is_dead", "owner_is_local"]
 
 _HOST = socket.gethostname()
 
@@ -19,8 +19,14 @@ def new_owner(role: str) -> str:
     return f"{_HOST}:{os.getpid()}:{role}-{secrets.token_hex(3)}"
 
 
+def owner_is_local(owner: str | None) -> bool:
+    """Whether the owner runs (or ran) on this host, where ``owner_is_dead`` can tell."""
+    return bool(owner) and owner.split(":", 1)[0] == _HOST  # type: ignore[union-attr]
+
+
 def owner_is_dead(owner: str | None) -> bool:
-    """True only when the owner ran on this host and its process is gone."""
+    """True only when the owner ran on this host and its process is gone (or a zombie: killed, and
+    not yet reaped by its parent)."""
     if not owner:
         return False
     parts = owner.split(":")
@@ -38,4 +44,8 @@ def owner_is_dead(owner: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or the process ended meanwhile
+        return False

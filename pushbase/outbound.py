@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import re
 import ssl
 import time
@@ -161,7 +162,9 @@ class OutboundClient:
                 data=data,
                 params=params,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                # aiohttp rounds a deadline over ceil_threshold (5 s) up to a whole second of the loop's
+                # clock: a 5 s timeout ran up to 6 s. A call's timeout is the whole call, to the ms.
+                timeout=aiohttp.ClientTimeout(total=timeout, ceil_threshold=math.inf),
             ) as response:
                 status_code = response.status
                 body, truncated = await self._read_capped(response)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import defaultdict
 
 import httpx
@@ -109,3 +110,58 @@ def test_postgresql_workers_share_pushes_and_survive_kills(pg_schema, server_fac
         for n in names:
             state = api.get(f"/api/pushes/p_{n}").json()["state"]
             assert state["status"] == "ok" and state["pending_deliveries"] == 0
+
+
+def test_a_killed_workers_push_is_taken_over_by_another_on_the_host_before_its_lease_expires(pg_schema, server_factory):
+    import psycopg
+
+    db = pg_schema_url(pg_schema)
+    # A long lease and a rare sweep: only noticing the dead holder can explain a prompt take-over.
+    env = {"PUSHBASE_PUSH_LEASE_SECONDS": "300", "PUSHBASE_SWEEP_SECONDS": "300", "PUSHBASE_LOG_LEVEL": "WARNING"}
+    api_server = server_factory(db, "--no-worker", env=env)
+    workers = [server_factory(db, command="worker", env=env) for _ in range(2)]
+    api = client_for(api_server, admin_key(db))
+    api.post("/api/datasets", json={"name": "orders", "columns": [
+        {"name": "order_id", "type": "integer"}, {"name": "last pushed", "type": "datetime"}], "unique_id": ["order_id"]})
+    api.post("/api/views", json={"name": "to_push", "dataset": "orders", "filters": [{"field": "last pushed", "op": "is_empty"}]})
+    with Receiver() as receiver:
+        receiver.gate()
+        r = api.post("/api/pushes", json={"name": "out", "view": "to_push", "url": receiver.url + "/hook",
+                                          "log_time_field": "last pushed", "format": "json", "min_interval": 0})
+        assert r.status_code == 201, r.text
+        api.load("orders", [{"order_id": i} for i in (1, 2, 3)])
+        assert receiver.wait_for(1, timeout=20)
+        first = receiver.requests[0]
+        with psycopg.connect(db.split("?")[0], options=f"-csearch_path={pg_schema}") as conn:
+            holder = conn.execute("select lease_owner from pb_pushes where name = 'out'").fetchone()[0]
+        holding = next(w for w in workers if f":{w.proc.pid}:" in holder)
+        # Let the other worker find the push leased (it retries a claim that met the row lock within
+        # a second) and settle into waiting for the holder before the holder dies.
+        time.sleep(3)
+        holding.kill()
+        receiver.respond(200)
+        receiver.release()
+        # Re-sent by the other worker long before the 300 s lease would have let it.
+        assert receiver.wait_for(2, timeout=30), [w.log() for w in workers]
+        assert receiver.requests[1].headers["webhook-id"] == first.headers["webhook-id"]
+        eventually(lambda: all(row["last pushed"] for row in api.all_rows("/api/datasets/orders/rows")), timeout=20)
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_gone():
+    import signal
+    import socket
+    import subprocess
+
+    from pushbase.leases import owner_is_dead, owner_is_local
+
+    child = subprocess.Popen(["sleep", "60"])
+    owner = f"{socket.gethostname()}:{child.pid}:push-test"
+    try:
+        assert owner_is_local(owner) and not owner_is_dead(owner)
+        child.send_signal(signal.SIGKILL)
+        # A zombie until its parent (this test) waits for it: the lease holder is gone all the same.
+        eventually(lambda: owner_is_dead(owner), timeout=10)
+    finally:
+        child.wait(10)
+    assert owner_is_dead(owner)
+    assert not owner_is_local("elsewhere:1:push-x") and not owner_is_dead("elsewhere:1:push-x")

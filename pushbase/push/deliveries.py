@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from ..columns import utc_now
 from ..datasets import Dataset, get_dataset_by_id
 from ..errors import Invalid, NotFound
-from ..leases import owner_is_dead
+from ..leases import owner_is_dead, owner_is_local
 from ..outbound import Attempt
 from ..rows import decode_cursor, encode_cursor
 from ..storage import NeedsConnection, Store, codecs
@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 LEASE_SECONDS = float(os.environ.get("PUSHBASE_PUSH_LEASE_SECONDS", "30"))
+_LOCAL_HOLDER_RECHECK = dt.timedelta(seconds=1)
 MAX_ATTEMPTS_KEPT = 100
 _FLUSH_BYTES = 8 * 1024 * 1024
 _KEEP_BYTES = 8 * 1024 * 1024  # pending deliveries handed to the engine in memory after a cut
@@ -367,8 +368,9 @@ def claim(
     store: Store, push_id: int, owner: str, targets: TargetCache, *, manual: bool = False, trigger: str = "auto"
 ) -> Claimed | NotYet | None | dt.datetime:
     """Lease the push and, in the same transaction, take its oldest pending delivery or — when none is
-    pending — cut the view into new ones. Returns None when the push is gone or disabled; the time its
-    lease expires when another worker holds it; ``NotYet`` when the rate limit says wait (a run by hand
+    pending — cut the view into new ones. Returns None when the push is gone or disabled; when another
+    worker holds it, the time to look again (its lease's expiry, or within a second for a holder on
+    this host); ``NotYet`` when the rate limit says wait (a run by hand
     ignores it)."""
     # Usually every statement is a prepared one (a cached target, one batch): a light transaction.
     try:
@@ -400,6 +402,10 @@ def _claim(
         and not owner_is_dead(row.lease_owner)  # a process on this host that is gone (kill -9)
     )
     if held:
+        if owner_is_local(row.lease_owner):
+            # Looked at again within a second: a holder on this host that dies (kill -9) is then
+            # seen gone above, and its push taken over at once rather than when its lease expires.
+            return min(row.lease_expires_at, now + _LOCAL_HOLDER_RECHECK)  # type: ignore[no-any-return]
         return row.lease_expires_at  # type: ignore[no-any-return]
     push, target = targets.load(store, conn, row)
     first = None if row.pb_pending_id is None else _delivery(_DELIVERY_BY_ID.first(conn, {"delivery_id": row.pb_pending_id}))
