@@ -214,12 +214,13 @@ class Pushbase:
 
 
 @contextlib.contextmanager
-def pushbase_server(db: str, workdir: Path, name: str, workers: int = 0) -> Iterator[Pushbase]:
-    """``pushbase keys create`` then ``pushbase serve`` on a free port, from the product's .venv. With
-    ``workers``, the API runs ``--no-worker`` and that many ``pushbase worker`` processes do the
-    background work (PostgreSQL's scale-out set-up); RSS and CPU then count them all."""
+def pushbase_server(db: str, workdir: Path, name: str, workers: int = 0, env: dict[str, str] | None = None) -> Iterator[Pushbase]:
+    """``pushbase keys create`` then ``pushbase serve`` on a free port, from the product's .venv (``env``:
+    more environment for it). With ``workers``, the API runs ``--no-worker`` and that many ``pushbase
+    worker`` processes do the background work (PostgreSQL's scale-out set-up). RSS and CPU count every
+    process of the server (``serve``'s own worker child on PostgreSQL too)."""
     exe = str(PRODUCT_BIN / "pushbase")
-    env = {**os.environ, "PUSHBASE_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "PUSHBASE_LOG_LEVEL": "WARNING", **(env or {})}
     out = subprocess.run([exe, "keys", "create", "--name", "bench", "--scope", "admin", "--db", db],
                          check=True, capture_output=True, text=True, env=env)
     key = out.stdout.strip().splitlines()[-1]

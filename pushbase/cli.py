@@ -62,6 +62,7 @@ def serve(
     from .keys import create_key, has_keys
     from .storage import open_store
     from .web import create_app
+    from .worker import WorkerProcess
 
     _logging()
     settings = _settings(db, allow_private_targets)
@@ -69,10 +70,17 @@ def serve(
     if not has_keys(store):
         key, _ = create_key(store, "first admin", ["admin"])
         err.print(f"[bold]No API keys yet: created an admin key. Keep it; it is shown once:[/bold]\n{key}")
-    application = create_app(settings, store=store, run_worker=not no_worker)
+    # On PostgreSQL the worker gets a process (and a core) of its own; see pushbase.worker.
+    own_process = not no_worker and store.dialect == "postgresql" and os.environ.get("PUSHBASE_WORKER_PROCESS", "1") != "0"
+    application = create_app(settings, store=store, run_worker=not no_worker and not own_process)
     err.print(f"Pushbase on http://{host}:{port}  (database: {store.dialect}; console at /console)")
     _settle_heap()
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, limit_concurrency=2000, timeout_keep_alive=30)
+    worker_process = WorkerProcess(settings).start() if own_process else None
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, limit_concurrency=2000, timeout_keep_alive=30)
+    finally:
+        if worker_process is not None:
+            worker_process.stop()
 
 
 @app.command()

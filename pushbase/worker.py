@@ -1,20 +1,28 @@
 """The background worker: ingest jobs, pushes and task schedules, in one object with a lifetime.
 
-``pushbase serve`` runs one inside the API process (unless ``--no-worker``); ``pushbase worker`` runs
-one alone. With PostgreSQL, a listener thread turns ``NOTIFY`` into local wake-ups, so a job accepted
-by one process wakes the workers of all the others.
+``pushbase worker`` runs one alone. ``pushbase serve`` runs one too (unless ``--no-worker``): on SQLite
+inside the API process, whose one writer it shares; on PostgreSQL in a child process of its own
+(``WorkerProcess``), so that the API and the pushes each have an interpreter and a core. With
+PostgreSQL, a listener thread turns ``NOTIFY`` into local wake-ups, so a job accepted by one process
+wakes the workers of all the others.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 from .ingest import IngestWorker
 from .push.engine import PushEngine
 from .settings import Settings
-from .storage import Store
+from .storage import Store, resolve_db
 from .tasks.schedule import TaskScheduler
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerProcess"]
 
 log = logging.getLogger("pushbase.worker")
 
@@ -44,3 +52,64 @@ class Worker:
         self.ingest.stop()
         if self.listener is not None:
             self.listener.stop()
+
+
+class WorkerProcess:
+    """``pushbase worker`` as a child of ``pushbase serve``: started with the server's settings,
+    started again if it dies, stopped (SIGTERM, then SIGKILL after ``grace`` seconds) with the server,
+    and ended by the kernel if the server is killed (``PR_SET_PDEATHSIG`` on Linux)."""
+
+    RESTART_SECONDS = 1.0
+
+    def __init__(self, settings: Settings, *, grace: float = 15.0) -> None:
+        self.command = [sys.executable, "-m", "pushbase", "worker"]
+        if settings.allow_private_targets:
+            self.command.append("--allow-private-targets")
+        # The database in the environment, not the command line, where ps would show a password.
+        self.env = {**os.environ, "PUSHBASE_DB": resolve_db(settings.db)}
+        self.grace = grace
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, name="pushbase-worker-process", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> "WorkerProcess":
+        self._spawn()
+        self._watcher.start()
+        return self
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if not self._stopping.is_set():
+                self._proc = subprocess.Popen(self.command, env=self.env, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            proc = self._proc
+            code = proc.wait() if proc is not None else None
+            if self._stopping.wait(self.RESTART_SECONDS):
+                return
+            log.error("the worker process ended (exit code %s); starting it again", code)
+            self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # it finishes what it holds: leases released, calls kept pending
+        try:
+            proc.wait(self.grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, even by kill -9."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

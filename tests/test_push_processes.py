@@ -165,3 +165,62 @@ def test_a_killed_process_not_yet_reaped_counts_as_gone():
         child.wait(10)
     assert owner_is_dead(owner)
     assert not owner_is_local("elsewhere:1:push-x") and not owner_is_dead("elsewhere:1:push-x")
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    import glob
+
+    found = []
+    for listing in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(listing) as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_serve_on_postgresql_runs_its_worker_as_a_child_that_comes_back_and_ends_with_it(pg_schema, server_factory):
+    import os
+    import signal
+
+    db = pg_schema_url(pg_schema)
+    server = server_factory(db, env={"PUSHBASE_LOG_LEVEL": "WARNING"})
+    eventually(lambda: _children(server.proc.pid), timeout=20, message="serve starts a worker process")
+    (worker,) = _children(server.proc.pid)
+    with open(f"/proc/{worker}/cmdline", "rb") as f:
+        cmdline = f.read()
+    assert b"worker" in cmdline and b"postgresql://" not in cmdline  # the URL goes in the environment
+    with Receiver() as receiver:  # the child does the pushing
+        api = client_for(server, admin_key(db))
+        api.post("/api/datasets", json={"name": "orders", "columns": [
+            {"name": "order_id", "type": "integer"}, {"name": "last pushed", "type": "datetime"}], "unique_id": ["order_id"]})
+        api.post("/api/views", json={"name": "to_push", "dataset": "orders", "filters": [{"field": "last pushed", "op": "is_empty"}]})
+        api.post("/api/pushes", json={"name": "out", "view": "to_push", "url": receiver.url + "/hook", "log_time_field": "last pushed",
+                                      "format": "json", "min_interval": 0})
+        api.load("orders", [{"order_id": 1}])
+        assert receiver.wait_for(1, timeout=20), server.log()
+
+        os.kill(worker, signal.SIGKILL)
+        eventually(lambda: [p for p in _children(server.proc.pid) if p != worker and _alive(p)], timeout=20,
+                   message="a worker process that dies is started again")
+        (again,) = [p for p in _children(server.proc.pid) if _alive(p)]
+        api.load("orders", [{"order_id": 2}])
+        assert receiver.wait_for(2, timeout=20), server.log()
+
+        server.kill()  # kill -9: the kernel ends the child too
+        eventually(lambda: not _alive(again), timeout=20, message="the worker process ends with the server")
+
+
+def test_serve_on_postgresql_can_keep_its_worker_in_process(pg_schema, server_factory):
+    server = server_factory(pg_schema_url(pg_schema), env={"PUSHBASE_WORKER_PROCESS": "0"})  # up: /healthz answered
+    assert _children(server.proc.pid) == []

@@ -16,10 +16,10 @@ Each engine gets a fresh ``pushbase serve`` (API and worker in one process) and 
     Time = enable -> the receiver has every row. Its bare loop (``receiver.py replay``: aiohttp, one
     task per push path posting that path's bodies in order, 20 at once) posts exactly the bodies the
     pushes sent, already in memory: no view to read, nothing to store or stamp.
-  - *arriving, API + 1 worker process* (PostgreSQL only): the arriving scenario again, with the API run
-    ``pushbase serve --no-worker`` and the pushes worked by one ``pushbase worker`` process, the
-    scale-out set-up PostgreSQL allows (docs/configuration.md); its bare loop runs in the same set-up.
-    Server CPU and RSS count both processes.
+  - *arriving, worker inside the API process* (PostgreSQL only): the arriving scenario again with
+    ``PUSHBASE_WORKER_PROCESS=0``: on PostgreSQL ``pushbase serve`` runs its worker as a child process
+    (docs/configuration.md); this shows what that gives. Its bare loop runs in the same set-up.
+    Server CPU and RSS count every process of the server.
   Both scenarios also record the replay of their bodies (``replay_rows_per_s``), the raw capacity of
   the receiver and the network path.
 (b) Latency at low load: one push, one row per load (``?wait=true``), 50 ms apart. Latency = the job's
@@ -145,13 +145,14 @@ async def post_loads(url: str, headers: dict[str, str], items: list[tuple[str, l
     return job_ids
 
 
-def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int, workers: int = 0) -> list[dict[str, Any]]:
-    """The arriving and backlog scenarios in one ``pushbase serve``; with ``workers``, only the arriving
-    one, the API run ``--no-worker`` and the pushes worked by that many ``pushbase worker`` processes."""
+def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int, in_process: bool = False) -> list[dict[str, Any]]:
+    """The arriving and backlog scenarios in one ``pushbase serve``; with ``in_process`` (PostgreSQL),
+    only the arriving one, with the worker inside the API process (``PUSHBASE_WORKER_PROCESS=0``)."""
     results = []
     rx = Receiver(work)
     try:
-        with B.pushbase_server(db, work, f"push-{engine}-{workers}w", workers=workers) as server:
+        env = {"PUSHBASE_WORKER_PROCESS": "0"} if in_process else None
+        with B.pushbase_server(db, work, f"push-{engine}{'-in-process' if in_process else ''}", env=env) as server:
             api = httpx.Client(base_url=server.url, headers=server.headers, timeout=120)
             # (a0) the bare loop, facing the same arrival: datasets without pushes, the client sends each load on
             setup(api, rx, "c", PUSHES, enabled=False, batch_rows=batch_rows, pushes=False)
@@ -167,7 +168,7 @@ def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int, wo
             done = arrive(server, "a", total)
             stats = rx.wait_rows(total)
             seconds = stats["last"] - done["started"]
-            scenario = f"arriving, API + {workers} worker process{'es' if workers > 1 else ''}" if workers else "arriving"
+            scenario = "arriving, worker inside the API process" if in_process else "arriving"
             res = measure(engine, scenario, rx, work, total, seconds, stats, server.rss.cpu_seconds() - cpu0)
             res.update(loads_seconds=round(done["loaded"] - done["started"], 3), loop_seconds=round(bare["seconds"], 3),
                        loop_rows_per_s=round(total / bare["seconds"]), loop_calls=bare["calls"],
@@ -175,7 +176,7 @@ def throughput(engine: str, db: str, work: Path, total: int, batch_rows: int, wo
                        loop="same arrival: each load sent on by the client once Complete")
             res["ratio_rows_per_s"] = B.ratio(res["rows_per_s"], res["loop_rows_per_s"])
             results.append(res)
-            if workers:
+            if in_process:
                 results[-1]["rss_peak_mb"] = B.mb(server.rss.peak)
                 return results
             # (a2) a backlog, pushes enabled at once
@@ -277,8 +278,8 @@ def main() -> int:
              "Pushbase's pushes store each batch before sending it and stamp its rows after the 2xx; all on one 2-core machine shared "
              "with the receiver and the loaders. Replay rows/s = the same bodies posted back to back, without any arrival: the "
              "receiver's capacity, not a target.",
-             "'API + 1 worker process' (PostgreSQL): `pushbase serve --no-worker` plus one `pushbase worker`, so the pushes run on "
-             "the second core instead of sharing the API's interpreter; CPU and RSS are of both processes."]
+             "On PostgreSQL `pushbase serve` runs its worker as a child process (CPU and RSS count both); 'worker inside the API "
+             "process' is the same with PUSHBASE_WORKER_PROCESS=0, for comparison."]
     if args.skip_pg:
         notes.append("PostgreSQL skipped (--skip-pg)")
     elif (why := B.pg_available()) is not None:
@@ -293,8 +294,8 @@ def main() -> int:
             steps: list[tuple[str, Any, list[dict[str, Any]]]] = [
                 ("throughput", lambda db: throughput(engine, db, work, args.rows, args.batch_rows), throughput_results)]
             if engine == "postgresql":
-                # PostgreSQL's scale-out set-up (docs/configuration.md): the pushes in a process of their own.
-                steps.append(("throughput_worker", lambda db: throughput(engine, db, work, args.rows, args.batch_rows, workers=1),
+                # For comparison: serve's worker inside the API process, as before it became a child process.
+                steps.append(("throughput_in_process", lambda db: throughput(engine, db, work, args.rows, args.batch_rows, in_process=True),
                               throughput_results))
             for label, fn, sink in (
                 *steps,
