@@ -90,7 +90,7 @@ def worker(
 ) -> None:
     """Run only the background worker (jobs, pushes, schedules). Several may share one PostgreSQL."""
     from .storage import open_store
-    from .worker import Worker
+    from .worker import Worker, tell_ready
 
     _logging()
     settings = _settings(db, allow_private_targets)
@@ -104,6 +104,7 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         err.print(f"Pushbase worker running (database: {store.dialect})")
+        tell_ready()
         await stop.wait()
         await runtime.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -22,7 +23,21 @@ from .settings import Settings
 from .storage import Store, resolve_db
 from .tasks.schedule import TaskScheduler
 
-__all__ = ["Worker", "WorkerProcess"]
+__all__ = ["Worker", "WorkerProcess", "READY_FD", "tell_ready"]
+
+# A pipe's write end, inherited by a worker started by ``pushbase serve``: one byte once it works.
+READY_FD = "PUSHBASE_READY_FD"
+
+
+def tell_ready() -> None:
+    """In ``pushbase worker``: tell the server that started it (if one did) that it is running."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is not None and fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:  # the server gave up waiting, or is gone
+            pass
 
 log = logging.getLogger("pushbase.worker")
 
@@ -77,15 +92,28 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> "WorkerProcess":
-        self._spawn()
+    def start(self, ready_within: float = 60.0) -> "WorkerProcess":
+        """Start the child and wait (up to ``ready_within`` seconds) until it listens and works: the
+        server then opens its port, and nothing it accepts waits for a worker that is still starting."""
+        ready, tell = os.pipe()
+        try:
+            self._spawn(tell)
+        finally:
+            os.close(tell)
+        try:
+            if not select.select([ready], [], [], ready_within)[0] or not os.read(ready, 1):
+                log.warning("the worker process did not say it was ready within %ss; going on", ready_within)
+        finally:
+            os.close(ready)
         self._watcher.start()
         return self
 
-    def _spawn(self) -> None:
+    def _spawn(self, tell: int | None = None) -> None:
+        env = self.env if tell is None else {**self.env, READY_FD: str(tell)}
         with self._lock:
             if not self._stopping.is_set():
-                self._proc = subprocess.Popen(self.command, env=self.env, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+                self._proc = subprocess.Popen(self.command, env=env, pass_fds=() if tell is None else (tell,),
+                                              preexec_fn=_end_with_parent if sys.platform == "linux" else None)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
