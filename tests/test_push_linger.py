@@ -23,14 +23,15 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture
 def busy_writers(store: Store) -> Iterator[None]:
-    """Six threads that each keep opening a short write transaction: writes queue. Each pauses
+    """Six threads that each keep a write transaction open most of the time (sleeping in it, so that a
+    busy machine, as in a full parallel test run, does not thin them out): writes queue. Each pauses
     between its transactions, so that the others (and the push's) get the writer too."""
     stop = threading.Event()
 
     def keep_writing() -> None:
         while not stop.is_set():
             with store.write():
-                time.sleep(0.01)
+                time.sleep(0.03)
             time.sleep(0.005)
 
     threads = [threading.Thread(target=keep_writing, daemon=True) for _ in range(6)]
