@@ -71,8 +71,9 @@ class Worker:
 
 class WorkerProcess:
     """``pushbase worker`` as a child of ``pushbase serve``: started with the server's settings,
-    started again if it dies, stopped (SIGTERM, then SIGKILL after ``grace`` seconds) with the server,
-    and ended by the kernel if the server is killed (``PR_SET_PDEATHSIG`` on Linux)."""
+    started again if it dies (a crash, kill -9; not when it was asked to stop), stopped (SIGTERM, then
+    SIGKILL after ``grace`` seconds) with the server, and ended by the kernel if the server is killed
+    (``PR_SET_PDEATHSIG`` on Linux)."""
 
     RESTART_SECONDS = 1.0
 
@@ -120,6 +121,10 @@ class WorkerProcess:
             proc = self._proc
             code = proc.wait() if proc is not None else None
             if self._stopping.wait(self.RESTART_SECONDS):
+                return
+            if code in (0, -signal.SIGTERM, -signal.SIGINT):
+                # Asked to stop (a service manager stopping the whole group, say): not a crash.
+                log.warning("the worker process was stopped (exit code %s); not starting it again", code)
                 return
             log.error("the worker process ended (exit code %s); starting it again", code)
             self._spawn()

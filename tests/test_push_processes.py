@@ -225,3 +225,16 @@ def test_serve_on_postgresql_runs_its_worker_as_a_child_that_comes_back_and_ends
 def test_serve_on_postgresql_can_keep_its_worker_in_process(pg_schema, server_factory):
     server = server_factory(pg_schema_url(pg_schema), env={"PUSHBASE_WORKER_PROCESS": "0"})  # up: /healthz answered
     assert _children(server.proc.pid) == []
+
+
+def test_a_worker_process_asked_to_stop_is_not_started_again(pg_schema, server_factory):
+    import os
+    import signal
+    import time
+
+    server = server_factory(pg_schema_url(pg_schema), env={"PUSHBASE_LOG_LEVEL": "WARNING"})
+    (worker,) = _children(server.proc.pid)
+    os.kill(worker, signal.SIGTERM)  # e.g. a service manager stopping the whole group
+    eventually(lambda: "not starting it again" in server.log(), timeout=20, message="the server saw it stop")
+    time.sleep(1.5)  # longer than the restart delay: a restart would have happened by now
+    assert [p for p in _children(server.proc.pid) if _alive(p)] == []
