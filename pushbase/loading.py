@@ -363,8 +363,8 @@ def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:
     """Decode and check a JSON body in one C-level pass. ``None`` when the body needs the general path
     (nested columns to flatten, a problem to report in detail, NUL characters), which then decides;
     raises ``msgspec.DecodeError`` when the body is not JSON at all."""
-    if dataset.nested or b"\\u0000" in body:
-        return None
+    if dataset.nested or b"\\u0000" in body or any('"' in c.name or "\\" in c.name for c in dataset.columns):
+        return None  # (msgspec cannot rename to names with quotes or backslashes)
     decoder = _typed_decoder(tuple((c.name, c.type) for c in dataset.columns), frozenset(dataset.unique_id), dataset.ignore_unknown_fields)
     try:
         value = decoder.decode(body)

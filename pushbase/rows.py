@@ -112,7 +112,8 @@ def loads_exact(data: bytes) -> Any:
 @functools.lru_cache(maxsize=256)
 def _row_struct(names: tuple[str, ...]) -> Any:
     """A struct type whose JSON is an object with ``names`` as keys, in order (None if names repeat)."""
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) or any('"' in n or "\\" in n for n in names):
+        # msgspec refuses such names as renames (they would need escaping): the dict path writes them.
         return None
     attrs = [f"f{i}" for i in range(len(names))]
     # Attribute names are generated; rename gives the user's field names, whatever they are. No

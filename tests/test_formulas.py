@@ -340,6 +340,17 @@ def test_formula_values(db: Db, formula: str, type_name: str, expected: list[Any
     assert _same(actual, expected), f"{db.dialect}: {formula} -> {actual}, expected {expected}"
 
 
+@pytest.mark.parametrize(("formula", "expected"), [
+    ("round(0.285, 2)", 0.29), ("round(2.675, 2)", 2.68), ("round(-2.5)", -3.0), ("round(123.456, 2)", 123.46),
+    # Scaled past 2^40 the nudge would show (3.000000000000003 where 3.0 was meant): not applied there.
+    ("round(3.0, 15)", 3.0), ("round(1.0, 15)", 1.0), ("round(-1.0, 15)", -1.0), ("round(2.675, 15)", 2.675),
+    ("round(1000000000000000.2, 0)", 1000000000000000.0), ("round(0.1 + 0.2, 15)", 0.3),
+])
+def test_round_gives_the_decimal_meant_exactly(db: Db, formula: str, expected: float) -> None:
+    compiled = compile_formula(formula, db.fields, db.dialect)
+    assert db.values(compiled.expr, compiled.type) == [expected] * 5, f"{db.dialect}: {formula}"
+
+
 def test_every_function_is_exercised() -> None:
     used = " ".join(case[0] for case in CASES).lower()
     missing = [name for name in FUNCTIONS if f"{name}(" not in used]

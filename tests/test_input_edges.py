@@ -232,3 +232,32 @@ def test_only_the_database_state_counts_as_unavailable_and_the_reason_names_no_h
         psycopg.connect("postgresql://someone@127.0.0.1:1/db", connect_timeout=2)
     reason = database_unavailable_reason(refused.value)
     assert reason == "connection failed" and "127.0.0.1" not in reason and "someone" not in reason
+
+
+@pytest.mark.parametrize("name", ['q"uote', "back\\slash"])
+def test_names_with_quotes_or_backslashes_load_and_pull_in_every_format(api, name):
+    cols = [{"name": "id", "type": "integer"}, {"name": name, "type": "string"}]
+    assert api.post("/api/datasets", json={"name": "uq", "columns": cols, "unique_id": ["id"]}).status_code == 201
+    assert api.load("uq", [{"id": 1, name: 'a "b" \\c'}])["status"] == "Complete"
+    view = {"name": "vq", "dataset": "uq", "calculations": [{"name": f'say "{name}"', "formula": "{id} + 1"}]}
+    assert api.post("/api/views", json=view).status_code == 201
+    r = api.get("/api/views/vq/rows")
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [{"_id": 1, "id": 1, name: 'a "b" \\c', f'say "{name}"': 2}]
+    lines = api.get("/api/views/vq/rows?format=ndjson").text.splitlines()
+    assert [__import__("json").loads(line) for line in lines] == r.json()["rows"]
+    assert api.get("/api/views/vq/rows?format=csv").text.count("\r\n") == 2
+
+
+def test_a_dataset_made_after_deleting_the_newest_one_is_created(api):
+    cols = [{"name": "id", "type": "integer"}]
+    for name in ("a", "b"):
+        assert api.post("/api/datasets", json={"name": name, "columns": cols, "unique_id": ["id"]}).status_code == 201
+    api.load("b", [{"id": 1}])
+    assert api.delete("/api/datasets/b").status_code == 200
+    # SQLite gives the next dataset the deleted one's number: same table name, same columns.
+    for name in ("c", "d"):
+        r = api.post("/api/datasets", json={"name": name, "columns": cols, "unique_id": ["id"]})
+        assert r.status_code == 201, r.text
+        assert api.load(name, [{"id": 1}])["status"] == "Complete"
+    assert api.get("/api/datasets/c").json()["row_count"] == 1

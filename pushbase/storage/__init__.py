@@ -234,21 +234,25 @@ class Store:
         key = (ds.id, ds.columns)
         table = self._table_cache.get(key)
         if table is None:
-            md = sa.MetaData()
-            id_type = sa.Integer() if self.dialect == "sqlite" else sa.BigInteger()
-            id_args: list[Any] = [sa.Identity()] if self.dialect == "postgresql" else []
-            cols: list[Any] = [
-                sa.Column("_id", id_type, *id_args, primary_key=True, autoincrement=True),
-                sa.Column("_created", codecs.sql_type(self.dialect, "datetime"), nullable=False),
-                sa.Column("_modified", codecs.sql_type(self.dialect, "datetime"), nullable=False),
-            ]
-            cols += [sa.Column(col, codecs.sql_type(self.dialect, ctype)) for _, ctype, col in ds.columns]
-            table = sa.Table(f"ds_{ds.id}", md, *cols)
-            self._table_cache[key] = table
+            table = self._table_cache[key] = self._new_dataset_table(ds)
         return table
 
+    def _new_dataset_table(self, ds: DatasetColumns) -> sa.Table:
+        md = sa.MetaData()
+        id_type = sa.Integer() if self.dialect == "sqlite" else sa.BigInteger()
+        id_args: list[Any] = [sa.Identity()] if self.dialect == "postgresql" else []
+        cols: list[Any] = [
+            sa.Column("_id", id_type, *id_args, primary_key=True, autoincrement=True),
+            sa.Column("_created", codecs.sql_type(self.dialect, "datetime"), nullable=False),
+            sa.Column("_modified", codecs.sql_type(self.dialect, "datetime"), nullable=False),
+        ]
+        cols += [sa.Column(col, codecs.sql_type(self.dialect, ctype)) for _, ctype, col in ds.columns]
+        return sa.Table(f"ds_{ds.id}", md, *cols)
+
     def create_dataset_table(self, conn: sa.Connection, ds: DatasetColumns) -> None:
-        table = self.dataset_table(ds)
+        # A Table of its own: the indexes made below attach to it, and a cached one that had them
+        # (a dataset id SQLite reuses after the newest dataset was deleted) would create them twice.
+        table = self._new_dataset_table(ds)
         table.create(conn)
         sa.Index(f"ds_{ds.id}_modified", table.c._modified).create(conn)
         if ds.unique_cols:
@@ -264,6 +268,8 @@ class Store:
 
     def drop_dataset_table(self, conn: sa.Connection, dataset_id: int) -> None:
         conn.execute(sa.text(f'DROP TABLE IF EXISTS "ds_{int(dataset_id)}"'))
+        for key in [k for k in list(self._table_cache) if k[0] == dataset_id]:
+            self._table_cache.pop(key, None)
 
     def ensure_index(self, conn: sa.Connection, ds: DatasetColumns, col: str) -> None:
         """An index for filters and sorts on one physical column (log-time fields, filtered columns).

@@ -1244,7 +1244,9 @@ class _Compiler:
     def fn_round(self, args: list[_Value], pos: int) -> _Value:
         """Half away from zero, computed with the same IEEE operations on both engines: x * 10^digits,
         nudged up by 4 units in the last place (so 0.285 -> 0.29 as on paper, although 0.285 is stored
-        as 0.28499999999999998), rounded, divided back. Numbers of 2^52 and more have no fraction."""
+        as 0.28499999999999998), rounded, divided back. From 2^40 on, 4 units in the last place are a
+        visible amount (3.0 * 10^15 nudged is 3000000000000002.5): no nudge there, where the product's
+        own rounding already lands on the decimal meant. Numbers of 2^52 and more have no fraction."""
         x = args[0]
         self.require(x, _NUMERIC, "round()")
         digits = 0
@@ -1259,16 +1261,19 @@ class _Compiler:
         nudge = self.lit("number", 1.0 + 4 * 2.0**-52, pos)
         if self.pg:
             r = "pb__let.x * pb__let.p * pb__let.k"
+            plain = "pb__let.x * pb__let.p"
             template = (
                 "(SELECT CASE WHEN ABS(pb__let.x) >= 4503599627370496 THEN pb__let.x "
-                f"WHEN ABS({r}) >= 4503599627370496 THEN pb__let.x "
+                f"WHEN ABS({plain}) >= 4503599627370496 THEN pb__let.x "
+                f"WHEN ABS({plain}) >= 1099511627776 THEN SIGN({plain}) * TRUNC(ABS({plain}) + 0.5) / pb__let.p "
                 f"ELSE SIGN({r}) * TRUNC(ABS({r}) + 0.5) / pb__let.p END "
                 "FROM (SELECT {0} AS x, {1} AS p, {2} AS k OFFSET 0) AS pb__let)"
             )
         else:
             # SQLite's ROUND(r, 0) is (r >= 0 ? 1 : -1) * (int)(|r| + 0.5): the same operations.
             template = (
-                "(CASE WHEN ABS({0} * {1} * {2}) >= 4503599627370496 THEN {0} "
+                "(CASE WHEN ABS({0} * {1}) >= 4503599627370496 THEN {0} "
+                "WHEN ABS({0} * {1}) >= 1099511627776 THEN ROUND({0} * {1}, 0) / {1} "
                 "ELSE ROUND({0} * {1} * {2}, 0) / {1} END)"
             )
         return self.value(template, [x, scale, nudge], "number", pos)
