@@ -261,3 +261,16 @@ def test_a_dataset_made_after_deleting_the_newest_one_is_created(api):
         assert r.status_code == 201, r.text
         assert api.load(name, [{"id": 1}])["status"] == "Complete"
     assert api.get("/api/datasets/c").json()["row_count"] == 1
+
+
+def test_a_read_key_lists_no_dataset_even_one_named_like_its_view(api, store):
+    from pushbase.keys import create_key
+
+    cols = [{"name": "id", "type": "integer"}]
+    assert api.post("/api/datasets", json={"name": "orders_to_push", "columns": cols}).status_code == 201
+    assert api.post("/api/views", json={"name": "orders_to_push", "dataset": "orders_to_push"}).status_code == 201
+    key, _ = create_key(store, "reader", ["read:orders_to_push"])
+    reader = api.with_key(key)
+    assert reader.get("/api/datasets").json()["datasets"] == []
+    assert reader.get("/api/datasets/orders_to_push").status_code == 403
+    assert reader.get("/api/views/orders_to_push/rows").status_code == 200
