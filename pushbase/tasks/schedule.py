@@ -153,11 +153,13 @@ class TaskScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- lifetime --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         if self._sender is None:
             self._own_sender = task_sender(self.settings)
             self._sender = self._own_sender
@@ -166,6 +168,7 @@ class TaskScheduler:
 
     async def stop(self) -> None:
         self.store.remove_listener(self._on_notify)
+        self._stopping = True
         if self._main is not None:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,7 +199,7 @@ class TaskScheduler:
 
     async def _run(self) -> None:
         last_maintenance = float("-inf")
-        while True:
+        while not self._stopping:
             wait = self.poll_seconds
             try:
                 if time.monotonic() - last_maintenance >= _MAINTENANCE_SECONDS:
@@ -217,8 +220,11 @@ class TaskScheduler:
             except Exception:  # noqa: BLE001 - keep scheduling; try again a little later
                 log.exception("task scheduler error; trying again in %ss", _ERROR_BACKOFF)
                 wait = _ERROR_BACKOFF
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the cancel of stop()
+            # when the wake-up comes in the same instant, and this loop would then never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _spawn(self, claim: Claim) -> None:
         assert self._loop is not None
