@@ -57,8 +57,11 @@ async def follow(store: Store, view: str, stop: asyncio.Event | None = None) -> 
         counter = 0
         while stop is None or not stop.is_set():
             try:
-                payload = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel (the
+                # client left) that comes as an event arrives, and the stream would go on.
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    payload = await queue.get()
+            except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
             counter += 1
