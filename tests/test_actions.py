@@ -104,3 +104,24 @@ def test_events_stream_each_action_run(tmp_path, server_factory):
 def test_events_need_the_read_scope(view, store):
     key, _ = create_key(store, "other", ["read:elsewhere"])
     assert view.with_key(key).get("/api/views/renewals/events").status_code == 403
+
+
+def test_a_quiet_event_stream_sends_keep_alives_and_then_the_event(store, monkeypatch):
+    import asyncio
+
+    from pushbase import subscriptions
+
+    monkeypatch.setattr(subscriptions, "KEEPALIVE_SECONDS", 0.05)
+
+    async def read() -> list[bytes]:
+        stream = subscriptions.follow(store, "v")
+        got = [await stream.__anext__(), await stream.__anext__(), await stream.__anext__()]  # subscribed, 2 keep-alives
+        await asyncio.to_thread(subscriptions.publish, store, "v", {"event": "x"})
+        while not got[-1].startswith(b"id:"):
+            got.append(await stream.__anext__())
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(read())
+    assert got[0] == b": subscribed\n\n" and got[1] == got[2] == b": keep-alive\n\n"
+    assert got[-1].startswith(b"id: 1\nevent: push\ndata: ") and b'"view":"v"' in got[-1].replace(b" ", b"")
