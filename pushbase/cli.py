@@ -90,8 +90,9 @@ def worker(
 ) -> None:
     """Run only the background worker (jobs, pushes, schedules). Several may share one PostgreSQL."""
     from .storage import open_store
-    from .worker import Worker, tell_ready
+    from .worker import Worker, end_with_parent, tell_ready
 
+    end_with_parent()
     _logging()
     settings = _settings(db, allow_private_targets)
     store = open_store(settings.db)

@@ -23,10 +23,12 @@ from .settings import Settings
 from .storage import Store, resolve_db
 from .tasks.schedule import TaskScheduler
 
-__all__ = ["Worker", "WorkerProcess", "READY_FD", "tell_ready"]
+__all__ = ["Worker", "WorkerProcess", "READY_FD", "PARENT_PID", "tell_ready", "end_with_parent"]
 
 # A pipe's write end, inherited by a worker started by ``pushbase serve``: one byte once it works.
 READY_FD = "PUSHBASE_READY_FD"
+# The pid of the ``pushbase serve`` that started a worker, which the worker ends with.
+PARENT_PID = "PUSHBASE_SERVE_PID"
 
 
 def tell_ready() -> None:
@@ -82,7 +84,7 @@ class WorkerProcess:
         if settings.allow_private_targets:
             self.command.append("--allow-private-targets")
         # The database in the environment, not the command line, where ps would show a password.
-        self.env = {**os.environ, "PUSHBASE_DB": resolve_db(settings.db)}
+        self.env = {**os.environ, "PUSHBASE_DB": resolve_db(settings.db), PARENT_PID: str(os.getpid())}
         self.grace = grace
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
@@ -113,8 +115,7 @@ class WorkerProcess:
         env = self.env if tell is None else {**self.env, READY_FD: str(tell)}
         with self._lock:
             if not self._stopping.is_set():
-                self._proc = subprocess.Popen(self.command, env=env, pass_fds=() if tell is None else (tell,),
-                                              preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+                self._proc = subprocess.Popen(self.command, env=env, pass_fds=() if tell is None else (tell,))
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -143,6 +144,14 @@ class WorkerProcess:
             proc.wait()
 
 
-def _end_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, even by kill -9."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def end_with_parent() -> None:
+    """In a worker that ``pushbase serve`` started: be sent SIGTERM when that server dies, even by kill
+    -9 (Linux ``PR_SET_PDEATHSIG``), and stop at once if it died already. Done by the child itself at
+    start, not in a pre-exec hook, which is unsafe in a parent with threads."""
+    parent = os.environ.pop(PARENT_PID, None)
+    if parent is None or not parent.isdigit():
+        return
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the server is gone already (before the line above took effect)
+        raise SystemExit(0)
