@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from .columns import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH, fits_int64, json_depth, flatten_row, modification_time, validator_for
 from .datasets import Dataset
-from .rows import JSON, may_hold_long_integers
+from .rows import JSON, may_hold_long_integers, struct_names_ok
 from .storage import Store, codecs
 
 __all__ = [
@@ -283,7 +283,10 @@ _PYTHON_TYPES: dict[str, Any] = {
 
 
 @functools.lru_cache(maxsize=512)
-def _typed_decoder(columns: tuple[tuple[str, str], ...], unique: frozenset[str], ignore_unknown: bool) -> msgspec.json.Decoder[Any]:
+def _typed_decoder(columns: tuple[tuple[str, str], ...], unique: frozenset[str], ignore_unknown: bool) -> msgspec.json.Decoder[Any] | None:
+    """A decoder of payloads into row structs; None when msgspec cannot have the column names."""
+    if not struct_names_ok([name for name, _ in columns]):
+        return None
     fields = []
     for i, (name, column_type) in enumerate(columns):
         kind = _PYTHON_TYPES[column_type]
@@ -363,9 +366,11 @@ def check_typed(store: Store, dataset: Dataset, body: bytes) -> Checked | None:
     """Decode and check a JSON body in one C-level pass. ``None`` when the body needs the general path
     (nested columns to flatten, a problem to report in detail, NUL characters), which then decides;
     raises ``msgspec.DecodeError`` when the body is not JSON at all."""
-    if dataset.nested or b"\\u0000" in body or any('"' in c.name or "\\" in c.name for c in dataset.columns):
-        return None  # (msgspec cannot rename to names with quotes or backslashes)
+    if dataset.nested or b"\\u0000" in body:
+        return None
     decoder = _typed_decoder(tuple((c.name, c.type) for c in dataset.columns), frozenset(dataset.unique_id), dataset.ignore_unknown_fields)
+    if decoder is None:
+        return None
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError:

@@ -21,7 +21,7 @@ from .errors import BadRequest
 from .storage import codecs
 
 __all__ = [
-    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON", "dumps_exact", "loads_exact", "may_hold_long_integers",
+    "encode_cursor", "decode_cursor", "RowDecoder", "RowEncoder", "MAX_PAGE", "DEFAULT_PAGE", "page_limit", "csv_value", "csv_text", "JSON", "dumps_exact", "loads_exact", "struct_names_ok", "may_hold_long_integers",
 ]
 
 DEFAULT_PAGE = 1000
@@ -109,11 +109,17 @@ def loads_exact(data: bytes) -> Any:
     return value
 
 
+def struct_names_ok(names: Sequence[str]) -> bool:
+    """Whether a msgspec struct can have these JSON names (renamed from generated attributes): they
+    must differ, and msgspec refuses names holding ``"`` or ``\\`` (they would need escaping)."""
+    return len(set(names)) == len(names) and not any('"' in n or "\\" in n for n in names)
+
+
 @functools.lru_cache(maxsize=256)
 def _row_struct(names: tuple[str, ...]) -> Any:
-    """A struct type whose JSON is an object with ``names`` as keys, in order (None if names repeat)."""
-    if len(set(names)) != len(names) or any('"' in n or "\\" in n for n in names):
-        # msgspec refuses such names as renames (they would need escaping): the dict path writes them.
+    """A struct type whose JSON is an object with ``names`` as keys, in order (None when msgspec cannot
+    have them: the dict path writes such rows)."""
+    if not struct_names_ok(names):
         return None
     attrs = [f"f{i}" for i in range(len(names))]
     # Attribute names are generated; rename gives the user's field names, whatever they are. No
