@@ -24,7 +24,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-import orjson
 
 from .errors import Invalid
 
@@ -275,19 +274,38 @@ def _datetime(value: Any) -> dt.datetime:
     raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:30:00Z")
 
 
+@dataclass(frozen=True)
+class _JsonScan:
+    depth: int  # levels of arrays and objects (0 for a scalar)
+    long_integer: int | None  # the first integer beyond the 64-bit range
+    nul: bool  # a text or a key holds U+0000
+
+
+def _scan_json(value: Any) -> _JsonScan:
+    """One walk over a JSON value for what a stored json value may not have."""
+    deepest, long, nul = 0, None, False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is int:
+            if long is None and not fits_int64(item):
+                long = item
+        elif kind is str:
+            nul = nul or "\x00" in item
+        elif kind is dict:
+            deepest = max(deepest, depth)
+            nul = nul or any("\x00" in key for key in item if type(key) is str)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif kind is list:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return _JsonScan(deepest, long, nul)
+
+
 def first_long_integer(value: Any) -> int | None:
     """The first integer in a JSON value beyond the 64-bit range, if any."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is int:
-            if not fits_int64(item):
-                return item
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
+    return _scan_json(value).long_integer
 
 
 def refuse_long_integers(value: Any, *, code: str) -> None:
@@ -304,27 +322,18 @@ MAX_JSON_DEPTH = 200
 
 
 def json_depth(value: Any) -> int:
-    """Levels of arrays and objects in a JSON value (0 for a scalar); stops counting past the limit."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            if depth > MAX_JSON_DEPTH:
-                break
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+    """Levels of arrays and objects in a JSON value (0 for a scalar)."""
+    return _scan_json(value).depth
 
 
 def _json(value: Any) -> Any:
-    if json_depth(value) > MAX_JSON_DEPTH:
+    scan = _scan_json(value)
+    if scan.depth > MAX_JSON_DEPTH:
         raise ValueError(f"a JSON value may nest at most {MAX_JSON_DEPTH} levels of arrays and objects")
-    long = first_long_integer(value)
-    if long is not None:
+    if scan.long_integer is not None:
         # Stored, it would come back as a float: refuse it rather than change it.
-        raise ValueError(f"a JSON value may hold integers within the 64-bit range; {long} is not (send it as a string)")
-    if isinstance(value, (dict, list, str)) and "\\u0000" in orjson.dumps(value).decode():
+        raise ValueError(f"a JSON value may hold integers within the 64-bit range; {scan.long_integer} is not (send it as a string)")
+    if scan.nul:
         raise ValueError("JSON text may not contain the NUL character (U+0000)")
     return value
 
