@@ -346,8 +346,12 @@ def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> 
                 micros = list(map(_micros, values))
             except OverflowError:
                 raise _NeedsGeneralPath from None
-        present = [m for m in micros if m is not None] if None in micros else micros
-        if present and (min(present) < _MIN_MICROS or max(present) > _MAX_MICROS):
+        try:
+            lowest, highest = min(micros, default=0), max(micros, default=0)
+        except TypeError:  # a missing value: look at the others only
+            present = [m for m in micros if m is not None]
+            lowest, highest = min(present, default=0), max(present, default=0)
+        if lowest < _MIN_MICROS or highest > _MAX_MICROS:
             raise _NeedsGeneralPath
         return micros
     if column_type == "datetime":

@@ -91,10 +91,6 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="pushbase-worker-process", daemon=True)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def start(self, ready_within: float = 60.0) -> "WorkerProcess":
         """Start the child and wait (up to ``ready_within`` seconds) until it listens and works: the
         server then opens its port, and nothing it accepts waits for a worker that is still starting."""

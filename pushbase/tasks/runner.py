@@ -230,12 +230,12 @@ def _check_url(url: Any, where: str) -> str:
     return url
 
 
-def _check_text(text: str, what: str) -> None:
+def _check_text(text: str, what: str, where: str = "") -> None:
     """Text that goes into a request must be UTF-8: a lone surrogate (``\\ud800``) cannot be sent."""
     try:
         text.encode()
     except UnicodeEncodeError:
-        raise TemplateFailure(f"{what} is not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
+        raise TemplateFailure(f"{what} is not valid Unicode text (it holds a lone surrogate such as \\ud800)", where=where) from None
 
 
 def _scalar_text(value: Any) -> str:
@@ -283,10 +283,7 @@ def _build_request(step: StepSpec, context: Mapping[str, Any], where: str) -> _R
         problem = custom_header_problem(name, text, reserved=frozenset())
         if problem is not None:
             raise TemplateFailure(f"headers: {problem}", where=where)
-        try:
-            _check_text(text, f"header {name!r}")
-        except TemplateFailure as exc:
-            raise exc.at(where) from None
+        _check_text(text, f"header {name!r}", where)
         headers[name] = text
     params = render_value(step.params, context, where=where, field="params")
     try:
