@@ -253,10 +253,12 @@ PROFILE_DIR = os.environ.get("BENCH_PROFILE")  # a folder: py-spy records each P
 
 
 def start_profiler(pid: int, name: str) -> subprocess.Popen:
-    """py-spy (pip install py-spy into bench/.venv-peers) sampling every thread of the server."""
+    """py-spy (pip install py-spy into bench/.venv-peers) sampling every thread of the server
+    (``BENCH_PROFILE_ARGS``, default ``--idle``: py-spy's sampling options, e.g. ``--gil --native``)."""
     out = Path(PROFILE_DIR) / f"pushbase-{name}-{int(time.time())}"
     Path(PROFILE_DIR).mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen([str(PEERS_BIN / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "--idle", "-o", f"{out}.txt"],
+    spy = subprocess.Popen([str(PEERS_BIN / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+                            *os.environ.get("BENCH_PROFILE_ARGS", "--idle").split(), "-o", f"{out}.txt"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return spy

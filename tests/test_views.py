@@ -174,20 +174,32 @@ def test_deleting_a_used_column_or_dataset_is_refused_naming_the_views(orders):
     assert orders.get("/api/views/uses_total").status_code == 404
 
 
-def test_filter_on_a_column_uses_an_index(orders, store):
+@pytest.mark.parametrize("selection", [
+    {"field": "last pushed", "op": "is_empty"},
+    # "changed since": the system field gets its index when a view filters on it, as a column does
+    {"field": "last modified [auto]", "op": "gt", "value": "2020-01-01T00:00:00Z"},
+])
+def test_filter_on_a_column_uses_an_index(orders, store, selection):
     from pushbase.views.store import get_view, view_query
 
-    orders.post("/api/views", json={"name": "np", "dataset": "orders", "filters": [{"field": "last pushed", "op": "is_empty"}]})
+    orders.post("/api/views", json={"name": "np", "dataset": "orders", "filters": [selection]})
     with store.read() as conn:
-        query = view_query(store, get_view(store, "np", conn), conn).select()
-        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        view = view_query(store, get_view(store, "np", conn), conn)
+        sql = str(view.select().compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         if store.dialect == "sqlite":
             plan = repr(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all())
-            assert "USING INDEX" in plan, plan
+            if selection["op"] == "gt":
+                # Without statistics SQLite's planner prefers reading in row id order (the view's order,
+                # no sort) over a range of an index; the index is there for when it pays.
+                on = {tuple(ix["column_names"]) for ix in sa.inspect(conn).get_indexes(view.table.name)}
+                assert ("_modified",) in on, on
+            else:
+                assert "USING INDEX" in plan, plan
         else:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             plan = repr(conn.exec_driver_sql("EXPLAIN " + sql).all())
-            assert "Index" in plan and "Seq Scan" not in plan, plan
+            # not the primary key's index, read whole with the filter applied to every row
+            assert "Index" in plan and "Seq Scan" not in plan and "pkey" not in plan, plan
 
 
 def test_read_scope_never_opens_a_dataset_of_the_same_name(orders, store):

@@ -109,8 +109,10 @@ class ViewQuery:
         return keys
 
     def indexable_columns(self) -> list[str]:
-        """Physical columns that filters and sorts name directly: worth an index (e.g. the log-time field)."""
+        """Physical columns that filters and sorts name directly: worth an index (e.g. the log-time field,
+        or ``last modified [auto]`` for "changed since")."""
         physical = {c.name: c.col for c in self.dataset.columns}
+        physical.update({"created [auto]": "_created", "last modified [auto]": "_modified"})
         names = [f.get("field") for f in self.filter_definitions if isinstance(f, dict)]
         names += [k.field.name for k in self.sort]
         return sorted({physical[n] for n in names if n in physical})
