@@ -422,7 +422,9 @@ def _placeholder(store: Store, column_type: str) -> str:
     return "%s::jsonb" if column_type == "json" else "%s"
 
 
-def _same(column_type: str, old: Any, new: Any) -> bool:
+def same_stored_value(column_type: str, old: Any, new: Any) -> bool:
+    """Whether a stored value and a new one (both as stored) are the same value: an upsert or a row
+    update that changes nothing leaves ``last modified [auto]`` where it was."""
     if old is None or new is None:
         return old is None and new is None
     if column_type == "json":
@@ -490,7 +492,7 @@ def write_rows(store: Store, conn: sa.Connection, dataset: Dataset, checked: Che
                 old = existing.get(key)
                 if old is None:
                     inserts.append(row)
-                elif all(_same(t, o, n) for t, o, n in zip(types, old[1:], row)):
+                elif all(same_stored_value(t, o, n) for t, o, n in zip(types, old[1:], row)):
                     counts.unchanged += 1
                 else:
                     updates.append((*row, now, old[0]))

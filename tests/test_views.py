@@ -92,6 +92,17 @@ def test_receipt_patch_moves_last_modified_and_checks_types(orders):
     assert orders.patch("/api/datasets/orders/rows/999999", json={"receipt id": "x"}).status_code == 404
 
 
+def test_a_patch_that_changes_nothing_keeps_last_modified(orders):
+    # A third party writing the same receipt again must not make the row "modified since last pushed".
+    row = orders.get("/api/datasets/orders/rows").json()["rows"][0]
+    first = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"receipt id": "R-1", "total": row["total"]}).json()
+    again = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"receipt id": "R-1", "total": float(row["total"])})
+    assert again.status_code == 200 and again.json() == first
+    changed = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"receipt id": "R-2"}).json()
+    assert changed["last modified [auto]"] > first["last modified [auto]"]
+    assert orders.patch("/api/datasets/orders/rows/999999", json={"receipt id": "R-2"}).status_code == 404
+
+
 def test_json_pages_follow_next_to_the_end(orders):
     orders.post("/api/views", json={"name": "all", "dataset": "orders", "sort": [{"field": "customer", "direction": "desc"}, {"field": "total", "direction": "asc"}]})
     rows = orders.all_rows("/api/views/all/rows", limit=2)
