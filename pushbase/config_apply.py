@@ -9,8 +9,9 @@ The file has up to four lists, applied in dependency order::
     tasks:    [{name, steps, load, schedule, ...}]
 
 An existing dataset gains the columns the file lists that it lacks (columns are never dropped by
-apply); an existing view, push or task is updated to the file's definition. Re-applying an unchanged
-file leaves the same objects (actions are saved again). Secrets can come from the environment: any string ``${ENV_NAME}`` is replaced
+apply); an existing view, push or task is updated to the file's definition, and reported
+``unchanged`` when the file leaves it as it is. Re-applying an unchanged file leaves the same objects
+(actions are saved again). Secrets can come from the environment: any string ``${ENV_NAME}`` is replaced
 by that variable's value (an unset variable is an error), so files can be committed without them.
 """
 from __future__ import annotations
@@ -120,25 +121,26 @@ def apply_config(store: Store, config: Any, settings: Settings, progress: Callab
             actions.create_action(store, body["name"], action, allow_private=allow)
             note(f"action {body['name']}/{action['name']}: saved")
 
+    # A push or task that the file leaves as it is keeps its updated_at (its update writes nothing).
     for body in _named("pushes", config.get("pushes")):
         try:
-            pushes.get_push(store, body["name"])
+            before = pushes.get_push(store, body["name"]).updated_at
         except NotFound:
             pushes.create_push(store, body, allow_private=allow)
             note(f"push {body['name']}: created")
         else:
             pushes.update_push(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
-            note(f"push {body['name']}: updated")
+            note(f"push {body['name']}: {'unchanged' if pushes.get_push(store, body['name']).updated_at == before else 'updated'}")
 
     for body in _named("tasks", config.get("tasks")):
         try:
-            tasks.get_task(store, body["name"])
+            before = tasks.get_task(store, body["name"]).updated_at
         except NotFound:
             tasks.create_task(store, body, allow_private=allow)
             note(f"task {body['name']}: created")
         else:
             tasks.update_task(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
-            note(f"task {body['name']}: updated")
+            note(f"task {body['name']}: {'unchanged' if tasks.get_task(store, body['name']).updated_at == before else 'updated'}")
     return report
 
 

@@ -48,8 +48,12 @@ def test_apply_creates_then_updates_idempotently(tmp_path, db_url):
     again = pushbase_cli("apply", str(path), db=db_url, env={"ERP_TOKEN": "s3cret"})
     assert again.returncode == 0, again.stderr
     assert "dataset orders: unchanged" in again.stdout and "view orders_to_push: unchanged" in again.stdout
+    assert "push to_erp: unchanged" in again.stdout and "task ping: unchanged" in again.stdout, again.stdout
+    rotated = pushbase_cli("apply", str(path), db=db_url, env={"ERP_TOKEN": "rotated"})
+    assert "push to_erp: updated" in rotated.stdout and "task ping: unchanged" in rotated.stdout, rotated.stdout
     path.write_text(CONFIG.replace("      - {name: total, type: number}\n", "      - {name: total, type: number}\n      - {name: receipt id, type: string}\n"))
     third = pushbase_cli("apply", str(path), db=db_url, env={"ERP_TOKEN": "s3cret"})
+    assert "push to_erp: updated" in third.stdout, third.stdout  # the token is back to s3cret
     assert "dataset orders: updated (add_columns)" in third.stdout, third.stdout
     store = open_store(db_url)
     try:
@@ -58,6 +62,7 @@ def test_apply_creates_then_updates_idempotently(tmp_path, db_url):
         shown = pushes.show_push(store, "to_erp")
         assert shown["headers"] == {"Authorization": "***"} and "s3cret" not in repr(shown)
         assert tasks.get_task(store, "ping").name == "ping"
+        assert pushes.get_push(store, "to_erp").header_values == {"Authorization": "Bearer s3cret"}
     finally:
         store.close()
 

@@ -485,6 +485,12 @@ def update_push(store: Store, name: str, body: dict[str, Any], *, allow_private:
             if values["enabled"] and not push.enabled:
                 # Enabled again by a person: try at once, with the failure count kept for the status.
                 values.update(disabled_reason=None, retry_at=None)
+        if (view.id, definition, headers) == (push.view_id, push.definition, push.header_values) and all(
+            values[k] == getattr(push, k) for k in ("secret", "enabled") if k in values
+        ):
+            # Nothing changes (a configuration file applied again): no write, no wake-up, and
+            # ``updated_at`` stays, which tells `pushbase apply` that the push was unchanged.
+            return push.to_json(pending=pending_count(conn, push.id))
         enabled = values.get("enabled", push.enabled)
         values["status"] = push.retry_policy.status_for(push.consecutive_failures, enabled)
         if view.id != push.view_id or definition["log_time_field"] != push.log_time_field:

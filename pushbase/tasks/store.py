@@ -343,6 +343,8 @@ def update_task(store: Store, name: str, body: dict[str, Any], *, allow_private:
         before = task.spec
         if (before.schedule, before.enabled) != (spec.schedule, spec.enabled) or task.next_run_at is None:
             values["next_run_at"] = _first_run(spec, now)
+        if definition == task.definition and values.get("next_run_at", task.next_run_at) == task.next_run_at:
+            return _show(conn, task)  # nothing changes: no write, and updated_at stays (see update_push)
         conn.execute(tasks_table.update().where(tasks_table.c.id == task.id).values(**values))
         _notify(store, conn, name)
         return _show(conn, get_task(store, name, conn))
