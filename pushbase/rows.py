@@ -79,8 +79,13 @@ _DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else i for i in range(256))
 _NINETEEN_DIGITS = b"0" * 19
 
 
-def may_hold_long_integers(data: bytes) -> bool:
+_DIGITS_AS_ZERO_TEXT = str.maketrans("123456789", "000000000")
+
+
+def may_hold_long_integers(data: bytes | str) -> bool:
     """False when no integer in this JSON text can be beyond 64 bits (none has 19 digits)."""
+    if isinstance(data, str):
+        return "0" * 19 in data.translate(_DIGITS_AS_ZERO_TEXT)
     return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZERO)
 
 
@@ -96,7 +101,7 @@ def dumps_exact(value: Any, option: int | None = None) -> bytes:
         return JSON.encode(value)
 
 
-def loads_exact(data: bytes) -> Any:
+def loads_exact(data: bytes | str) -> Any:
     """Parse JSON from a client like ``orjson.loads`` (its errors and its depth limit), except that
     integers beyond 64 bits stay exact integers, where orjson reads them as floats: the checks can then
     name the value and refuse it, instead of something else being stored than was sent."""

@@ -363,6 +363,15 @@ def test_a_load_with_an_integer_beyond_64_bits_fails_its_job_naming_it(tapi: Api
     assert tapi.get("/api/datasets/rates").json()["row_count"] == 0
 
 
+def test_a_run_record_keeps_integers_beyond_64_bits(tapi: Api, third_party: ThirdParty) -> None:
+    tapi.post("/api/tasks", json={"name": "big", "steps": [{"name": "a", "method": "POST", "url": f"{third_party.url}/login",
+                                                             "json": {"user": "u", "n": "{{ 2 ** 70 }}"}}]})
+    run = tapi.post("/api/tasks/big/run", json={}).json()
+    assert run["steps"][0]["request"]["body"] == {"user": "u", "n": 2**70} and run["steps"][0]["status"] == 401, run
+    stored = tapi.get(f"/api/tasks/big/runs/{run['run_id']}").json()
+    assert stored["steps"][0]["request"]["body"]["n"] == 2**70
+
+
 def test_runs_page_newest_first(tapi: Api, third_party: ThirdParty) -> None:
     tapi.post("/api/tasks", json={"name": "t", "steps": [{"name": "a", "method": "POST", "url": f"{third_party.url}/login", "json": {"user": "u", "password": "{{ params.pw }}"}}]})
     ids = [tapi.post("/api/tasks/t/run", json={"params": {"pw": pw}}).json()["run_id"] for pw in ("x", PASSWORD, "y")]
@@ -433,6 +442,8 @@ def test_parse_params() -> None:
     for bad in ("novalue", "=x", "n:=nope"):
         with pytest.raises(ValueError):
             parse_params([bad])
+    # read exactly, so that the run refuses it by name rather than getting a rounded float
+    assert parse_params([f"id:={2 ** 70}"]) == {"id": 2**70}
 
 
 def test_cli_runs_and_lists(db_url: str, store: Store, third_party: ThirdParty) -> None:

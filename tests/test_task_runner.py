@@ -8,6 +8,7 @@ import email.utils
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import pytest_asyncio
@@ -19,6 +20,7 @@ from pushbase.tasks import MAX_DATA_BYTES, StepSpec, TaskSpec, is_sensitive_name
 PASSWORD = "pw-s3cr3t-value"
 TOKEN = "tok-0123456789abcdef"
 API_KEY = "key-9876543210"
+HUGE_ID = 123456789012345678901234567890  # beyond 64 bits: a float would lose its last digits
 ITEMS = [{"id": i, "name": f"item {i}"} for i in range(1, 6)]
 
 
@@ -45,6 +47,7 @@ class LocalApi:
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/big", self.big)
         app.router.add_get("/empty", self.empty)
+        app.router.add_get("/huge", self.huge)
         app.router.add_route("*", "/echo", self.echo)
         self.app = app
         self.runner = web.AppRunner(app)
@@ -136,6 +139,9 @@ class LocalApi:
     async def big(self, request: web.Request) -> web.Response:
         return web.json_response({"rows": [{"i": i, "pad": "x" * 100} for i in range(2000)]})
 
+    async def huge(self, request: web.Request) -> web.Response:
+        return web.Response(content_type="application/json", text='{"id": %d, "ok": 1}' % HUGE_ID)
+
     async def empty(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
 
@@ -144,10 +150,10 @@ class LocalApi:
         content_type = request.headers.get("Content-Type", "")
         body: Any = None
         if raw and content_type.startswith("application/json"):
-            body = orjson.loads(raw)
+            body = msgspec.json.decode(raw)  # exact integers beyond 64 bits, as sent
         elif raw:
             body = [list(pair) for pair in (await request.post()).items()]
-        return web.json_response(
+        return web.Response(content_type="application/json", body=msgspec.json.encode(
             {
                 "method": request.method,
                 "query": [list(pair) for pair in request.query.items()],
@@ -157,7 +163,7 @@ class LocalApi:
                 "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-")},
                 "body": body,
             }
-        )
+        ))
 
 
 @pytest_asyncio.fixture
@@ -522,12 +528,14 @@ async def test_run_time_template_failures_are_clear(api: LocalApi, client: Outbo
 
 
 @pytest.mark.asyncio
-async def test_a_body_that_cannot_be_json_fails_the_step(api: LocalApi, client: OutboundClient) -> None:
-    spec = task(api, {"name": "s", "method": "POST", "url": "/echo", "json": {"n": "{{ 2 ** 70 }}"}})
+async def test_an_integer_beyond_64_bits_in_a_body_is_sent_exactly(api: LocalApi, client: OutboundClient) -> None:
+    spec = task(api, {"name": "s", "method": "POST", "url": "/echo", "json": {"n": "{{ 2 ** 70 }}"}, "form": None},
+                {"name": "f", "method": "POST", "url": "/echo", "form": {"n": ["{{ 2 ** 70 }}"], "o": {"n": "{{ 2 ** 70 }}"}}})
     result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
-    assert result.status == "failed" and result.error is not None
-    assert result.error["reason"] == "step 's', json: cannot encode as JSON: Integer exceeds 64-bit range"
-    assert api.requests == []
+    assert result.status == "succeeded", result.error
+    steps = result.to_json()["steps"]
+    assert steps[0]["data"]["body"] == {"n": 2**70}
+    assert steps[1]["data"]["body"] == [["n", str(2**70)], ["o", '{"n":%d}' % 2**70]]
 
 
 @pytest.mark.asyncio
@@ -672,3 +680,14 @@ async def test_a_rendered_url_with_spaces_is_sent_quoted(api: LocalApi, client: 
     result = await run_task(spec, sender=client, params={"city": "New York"}, secrets={}, view_rows=None, load_rows=None)
     assert result.status == "succeeded", result.error
     assert api.requests[0]["query"] == [("q", "New York")]
+
+
+@pytest.mark.asyncio
+async def test_integers_beyond_64_bits_in_answers_stay_exact(api: LocalApi, client: OutboundClient) -> None:
+    spec = task(api, {"name": "first", "url": "/huge"},
+                {"name": "then", "method": "POST", "url": "/echo?id={{ first.data.id }}", "json": {"id": "{{ first.data.id }}"}})
+    result = await run_task(spec, sender=client, params={}, secrets={}, view_rows=None, load_rows=None)
+    assert result.status == "succeeded", result.error
+    echoed = result.to_json()["steps"][1]["data"]
+    assert echoed["query"] == [["id", str(HUGE_ID)]] and echoed["body"] == {"id": HUGE_ID}
+    assert result.to_json()["steps"][0]["data"]["id"] == HUGE_ID

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -93,8 +92,8 @@ class Store:
                 _pg_sqlalchemy_url(url),
                 pool_size=int(os.environ.get("PUSHBASE_PG_POOL", "10")),
                 max_overflow=20,
-                json_serializer=lambda v: orjson.dumps(v).decode(),
-                json_deserializer=orjson.loads,
+                json_serializer=_json_text,
+                json_deserializer=_json_value,
             )
             event.listen(engine, "checkout", _pg_connection_alive)
             event.listen(engine, "connect", _pg_session_settings)
@@ -348,6 +347,20 @@ class _Checkpointer:
             self.rounds += 1
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns (run records, job errors, definitions) keep integers beyond 64 bits exactly: a
+    task's answer may hold one."""
+    from ..rows import dumps_exact  # rows needs this package's codecs first
+
+    return dumps_exact(value).decode()
+
+
+def _json_value(text: str | bytes) -> Any:
+    from ..rows import loads_exact
+
+    return loads_exact(text)
+
+
 def _pg_connection_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """Refuse a pooled PostgreSQL connection the server has ended (restart, ``pg_terminate_backend``,
     idle timeout): SQLAlchemy then opens a new one. An idle connection's socket has nothing to read
@@ -483,8 +496,8 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=120,
-            json_serializer=lambda v: orjson.dumps(v).decode(),
-            json_deserializer=orjson.loads,
+            json_serializer=_json_text,
+            json_deserializer=_json_value,
         )
 
         @event.listens_for(engine, "connect")

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
 
 def parse_params(values: list[str]) -> dict[str, Any]:
     """``k=v`` (text) and ``k:=JSON`` pairs as a dict; ValueError names the bad one."""
+    from ..rows import loads_exact
+
     params: dict[str, Any] = {}
     for item in values:
         json_at = item.find(":=")
@@ -35,7 +37,7 @@ def parse_params(values: list[str]) -> dict[str, Any]:
         if json_at > 0 and json_at < text_at:
             name, raw = item[:json_at], item[json_at + 2 :]
             try:
-                params[name] = orjson.loads(raw)
+                params[name] = loads_exact(raw)  # an integer beyond 64 bits is then refused by name
             except orjson.JSONDecodeError:
                 raise ValueError(f"--param {item!r}: the value after := must be JSON") from None
         elif text_at > 0:
@@ -85,6 +87,7 @@ def run(
 ) -> None:
     """Run a task now and print each step's status; exits non-zero when the run fails."""
     from ..errors import PushbaseError
+    from ..rows import dumps_exact
     from ..storage import open_store
     from .service import run_now
 
@@ -103,7 +106,7 @@ def run(
     finally:
         store.close()
     if json_output:
-        print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+        print(dumps_exact(record, option=orjson.OPT_INDENT_2).decode())
     else:
         out.print(f"task [bold]{escape(name)}[/bold] run {record['run_id']}")
         for step in record["steps"]:

@@ -67,6 +67,7 @@ from ..durations import format_duration
 from ..errors import Invalid, PushbaseError
 from ..netguard import check_url
 from ..outbound import custom_header_problem
+from ..rows import dumps_exact, loads_exact
 from .models import StepSpec, TaskSpec
 from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, secret_derived_values, used_secret_values
 
@@ -263,7 +264,7 @@ def _form_pairs(form: Mapping[str, Any]) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for name, value in form.items():
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
-            pairs.append((str(name), orjson.dumps(value).decode()))
+            pairs.append((str(name), dumps_exact(value).decode()))
             continue
         for item in value if isinstance(value, list) else [value]:
             if item is not None:
@@ -314,8 +315,8 @@ def _build_request(step: StepSpec, context: Mapping[str, Any], where: str) -> _R
 
 def _json_bytes(value: Any, where: str) -> bytes:
     try:
-        return orjson.dumps(value)
-    except TypeError as exc:  # e.g. an integer beyond 64 bits
+        return dumps_exact(value)  # integers beyond 64 bits (an id read from an answer) as they are
+    except TypeError as exc:
         raise TemplateFailure(f"cannot encode as JSON: {exc}", where=where) from None
 
 
@@ -380,7 +381,7 @@ def _interpret(answer: _Answer, expect_json: bool) -> tuple[Any, str | None]:
     if body.strip():
         if expect_json:
             try:
-                data = orjson.loads(body)
+                data = loads_exact(body)  # an id beyond 64 bits stays exact for the next step
             except orjson.JSONDecodeError:
                 content_type = answer.headers.get("content-type") or "no content type"
                 parse_error = f"expected a JSON answer, got {content_type}: {_excerpt(body)!r}"
@@ -645,7 +646,7 @@ def _cap(value: Any, limit: int) -> Any:
     if value is None:
         return None
     try:
-        size = len(orjson.dumps(value))
+        size = len(dumps_exact(value))
     except TypeError:
         return {"truncated": True, "bytes": None}
     if size > limit:

@@ -51,6 +51,7 @@ from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import Invalid, PushbaseError
+from ..rows import dumps_exact
 
 __all__ = [
     "TemplateFailure",
@@ -386,7 +387,7 @@ def _filter_replace(value: Any, old: Any, new: Any, count: Any = None) -> str:
 
 
 def _filter_tojson(value: Any) -> str:
-    return orjson.dumps(to_plain(value)).decode()
+    return dumps_exact(to_plain(value)).decode()
 
 
 def _filter_b64encode(value: Any) -> str:
