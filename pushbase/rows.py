@@ -79,13 +79,10 @@ _DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else i for i in range(256))
 _NINETEEN_DIGITS = b"0" * 19
 
 
-_DIGITS_AS_ZERO_TEXT = str.maketrans("123456789", "000000000")
-
-
 def may_hold_long_integers(data: bytes | str) -> bool:
     """False when no integer in this JSON text can be beyond 64 bits (none has 19 digits)."""
     if isinstance(data, str):
-        return "0" * 19 in data.translate(_DIGITS_AS_ZERO_TEXT)
+        data = data.encode("utf-8", "surrogatepass")  # bytes.translate is many times faster than str's
     return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZERO)
 
 
