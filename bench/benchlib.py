@@ -146,6 +146,7 @@ class RssSampler:
         self.others = [psutil.Process(o) for o in others]  # more processes of the same system (workers)
         self.interval = interval
         self.peak = 0
+        self.peak_main = 0  # the main process alone (on PostgreSQL `serve` also runs a worker child)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -173,13 +174,20 @@ class RssSampler:
                 total += t.user + t.system
         return total
 
+    def current_main(self) -> int:
+        with contextlib.suppress(psutil.Error):
+            return int(self.proc.memory_info().rss)
+        return 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.current())
+            self.peak_main = max(self.peak_main, self.current_main())
             self._stop.wait(self.interval)
 
     def start(self) -> "RssSampler":
         self.peak = self.current()
+        self.peak_main = self.current_main()
         self._thread.start()
         return self
 
@@ -187,6 +195,7 @@ class RssSampler:
         """Start a new peak from now; returns the current RSS."""
         now = self.current()
         self.peak = now
+        self.peak_main = self.current_main()
         return now
 
     def stop(self) -> int:

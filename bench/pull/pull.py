@@ -139,6 +139,7 @@ def timed(fn: Callable[[], int], rss: B.RssSampler | None, repeat: int = 1) -> d
         middle["runs_rows_per_s"] = [r["rows_per_s"] for r in runs]
         if rss:
             middle["rss_peak_mb"] = max(r["rss_peak_mb"] for r in runs)
+            middle["rss_peak_main_mb"] = max(r["rss_peak_main_mb"] for r in runs)
         return middle
     idle = rss.reset() if rss else 0
     cpu = rss.cpu_seconds() if rss else 0.0
@@ -152,6 +153,7 @@ def timed(fn: Callable[[], int], rss: B.RssSampler | None, repeat: int = 1) -> d
         out["server_cpu_seconds"] = round(rss.cpu_seconds() - cpu, 2)
         out["rss_before_mb"] = B.mb(idle)
         out["rss_peak_mb"] = B.mb(rss.peak)
+        out["rss_peak_main_mb"] = B.mb(rss.peak_main)
     return out
 
 
@@ -411,7 +413,11 @@ def main() -> int:
         targets[f"{system}: json and csv >= 3x datasette"] = all(
             (ratios.get(f"{system}/{v}/{f}") or 0) >= 3 for v in VIEWS for f in ("json", "csv")) if ratios else None
         stream_peak = max(ours["all_rows"][f]["rss_peak_mb"] for f in ("ndjson", "csv"))
-        targets[f"{system}: ndjson/csv stream of all rows < 200 MB RSS (peak {stream_peak} MB)"] = stream_peak < 200
+        serving_peak = max(ours["all_rows"][f].get("rss_peak_main_mb", 0) for f in ("ndjson", "csv"))
+        # Judged on every process of the server; the process serving the stream is shown beside it
+        # (on PostgreSQL `serve` also runs its worker as a child process, about 85 MB idle).
+        targets[f"{system}: ndjson/csv stream of all rows < 200 MB RSS (peak {stream_peak} MB, "
+                f"of which the process serving the stream {serving_peak} MB)"] = stream_peak < 200
         plan = ours.get("filtered_query_plan", {})
         targets[f"{system}: filtered view uses the index"] = plan.get("uses_index")
 
@@ -489,17 +495,17 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Load average at start {data['machine']['load_average_1m_at_start']} (other work on the machine skews the figures).",
         "",
-        "| system | view | format | rows/s | seconds | server CPU s | client CPU s | peak RSS (MB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| system | view | format | rows/s | seconds | server CPU s | client CPU s | peak RSS (MB), all server processes | of which the serving process |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for system, res in data["results"].items():
         if "error" in res:
-            md.append(f"| {system} | — | failed | — | — | — | — | — |")
+            md.append(f"| {system} | — | failed | — | — | — | — | — | — |")
             continue
         for view in VIEWS:
             for fmt, r in res.get(view, {}).items():
                 md.append(f"| {system} | {view} | {fmt} | {r['rows_per_s']:,} | {r['seconds']} | {r.get('server_cpu_seconds', '—')} | "
-                          f"{r.get('client_cpu_seconds', '—')} | {r.get('rss_peak_mb', '—')} |")
+                          f"{r.get('client_cpu_seconds', '—')} | {r.get('rss_peak_mb', '—')} | {r.get('rss_peak_main_mb', '—')} |")
     cpu = data.get("cpu_ratios_datasette_cpu_over_ours", {})
     md += ["", "| reading | rows/s: ours ÷ Datasette | server CPU: Datasette ÷ ours |", "|---|---:|---:|"]
     md += [f"| {k} | {B.fmt_ratio(x)} | {B.fmt_ratio(cpu.get(k))} |" for k, x in data["ratios"].items()]
