@@ -22,9 +22,10 @@ from .formulas import FieldRef, compile_calculations
 
 __all__ = ["ViewQuery", "JsonPage", "base_fields", "STREAM_BATCH"]
 
-# Rows per fetch and per chunk written (~0.5 MB of NDJSON for 10 columns). 5000 streamed no faster
-# (bench/pull: NDJSON alike, CSV within noise on SQLite, about a tenth faster on PostgreSQL) and held
-# 9 MB more at the peak, which on PostgreSQL, with serve's worker child, took the server over 200 MB.
+# Rows per fetch and per chunk written (~0.5 MB of NDJSON for 10 columns). 5000 held 9 MB more at
+# the peak, which on PostgreSQL, with serve's worker child, took the server over 200 MB; it streamed
+# NDJSON no faster, CSV alike on SQLite, but CSV on PostgreSQL about a third faster (one FETCH per
+# batch: 128k against 160k-220k rows/s in bench/pull on 2026-12-01, still 3.5x Datasette's CSV).
 STREAM_BATCH = 2000
 PAGE_BATCH = 2500  # rows per fetch within a JSON page
 
