@@ -87,6 +87,20 @@ def test_batches_by_bytes_stay_under_the_limit(api, receiver, fmt):
     assert delivered_ids(receiver.requests) == list(range(1, 21))
 
 
+def test_batches_cut_by_rows_then_by_bytes_keep_every_row_in_order(api, receiver):
+    # Three small rows fill a batch by count; the large ones after them are cut by bytes.
+    setup_orders(api)
+    make_push(api, receiver.url + "/hook", max_batch_rows=3, max_batch_bytes=2048, enabled=False)
+    small = [{"order_id": i, "customer": "a", "total": 1.0} for i in (1, 2, 3)]
+    large = [{"order_id": i, "customer": "x" * 800, "total": 1.0} for i in (4, 5, 6, 7)]
+    api.load("orders", small + large)
+    api.patch("/api/pushes/out", json={"enabled": True})
+    eventually(lambda: len(delivered_ids(receiver.requests)) >= 7, message="7 rows delivered")
+    assert [len(rows_of(r)) for r in receiver.requests] == [3, 2, 2]
+    assert delivered_ids(receiver.requests) == list(range(1, 8))
+    assert all(len(r.body) <= 2048 for r in receiver.requests)
+
+
 def test_signature_verifies_with_standardwebhooks(api, receiver):
     setup_orders(api)
     make_push(api, receiver.url + "/hook", secret=SECRET)

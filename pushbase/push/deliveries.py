@@ -550,13 +550,17 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     parts: Any = [raw.all(conn) if raw is not None and raw.usable(conn) else conn.execute(target.first_rows).all()]
     if len(parts[0]) > _PROBE_ROWS:
         parts = conn.execute(target.rows, execution_options={"yield_per": 1000}).partitions(1000)
-    elif len(parts[0]) <= push.max_batch_rows:
-        # The usual cut: a few rows, one batch, encoded in one go.
-        rows = parts[0]
-        whole = cutter.whole([decode(r[:width]) for r in rows], [_marker(store, r[width]) for r in rows])
-        if whole is not None:
+    else:
+        # The usual cut: every row is here. Each run of max_batch_rows rows is one batch, encoded in one
+        # go; from the first run over max_batch_bytes on, row by row (add), which cuts where the bytes say.
+        rows, parts = parts[0], []
+        for start in range(0, len(rows), push.max_batch_rows):
+            chunk = rows[start:start + push.max_batch_rows]
+            whole = cutter.whole([decode(r[:width]) for r in chunk], [_marker(store, r[width]) for r in chunk])
+            if whole is None:
+                parts = [rows[start:]]
+                break
             pending.append(whole)
-            parts = []
     for part in parts:
         for raw in part:
             batch = cutter.add(decode(raw[:width]), _marker(store, raw[width]))
