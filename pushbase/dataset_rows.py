@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from .columns import flatten_row, modification_time, validator_for
 from .datasets import Dataset, get_dataset
 from .errors import Invalid, NotFound
-from .loading import excerpt, same_stored_value
+from .loading import excerpt, same_stored_value, stored_encoder
 from .rows import RowDecoder, decode_cursor, encode_cursor, page_limit
 from .storage import Store, codecs
 
@@ -61,6 +61,7 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
         dataset = get_dataset(store, dataset_name, conn)
         fields = flatten_row(fields, dataset.nested)
         values: dict[str, Any] = {}
+        stored: dict[str, Any] = {}  # the same values as loads store them (json as text): to compare
         errors = []
         for name, value in fields.items():
             try:
@@ -71,10 +72,12 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
             if value is None:
                 if name in dataset.unique_id:
                     errors.append({"column": name, "message": "a unique-id value is required", "value": None})
-                values[column.col] = None
+                values[column.col] = stored[column.col] = None
                 continue
             try:
-                values[column.col] = codecs.encoder(store.dialect, column.type)(validator_for(column.type)(value))
+                valid = validator_for(column.type)(value)
+                values[column.col] = codecs.encoder(store.dialect, column.type)(valid)
+                stored[column.col] = stored_encoder(store.dialect, column.type)(valid)
             except ValueError as exc:
                 errors.append({"column": name, "message": str(exc), "value": excerpt(value), "expected": column.type})
         if errors:
@@ -84,7 +87,7 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
         if current is None:
             raise NotFound(f"dataset {dataset.name!r} has no row {row_id}", details={"row_id": row_id})
         types = {c.col: c.type for c in dataset.columns}
-        if all(same_stored_value(types[col], old, new) for (col, new), old in zip(values.items(), current)):
+        if all(same_stored_value(store.dialect, types[col], old, stored[col]) for col, old in zip(values, current)):
             # Nothing changes (a receipt written again): the row keeps its last modified, so views
             # comparing it with a log-time field do not see it as new and push it once more.
             return get_row(store, conn, dataset, row_id)

@@ -36,7 +36,7 @@ from .datasets import Dataset, get_dataset, get_dataset_by_id
 from .errors import BadRequest, Invalid, NotFound, Unsupported
 from . import loading
 from .leases import new_owner, owner_is_dead
-from .rows import dumps_exact, loads_exact
+from .exact_json import dumps_exact, loads_exact
 from .loading import JobFailed
 from .storage import Store
 from .storage.schema import jobs as jobs_table

@@ -23,7 +23,8 @@ from psycopg.types.json import Jsonb
 
 from .columns import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH, fits_int64, json_depth, flatten_row, modification_time, validator_for
 from .datasets import Dataset
-from .rows import JSON, may_hold_long_integers, struct_names_ok
+from .exact_json import loads_exact, may_hold_long_integers, same_json
+from .rows import JSON, struct_names_ok
 from .storage import Store, codecs
 
 __all__ = [
@@ -422,13 +423,16 @@ def _placeholder(store: Store, column_type: str) -> str:
     return "%s::jsonb" if column_type == "json" else "%s"
 
 
-def same_stored_value(column_type: str, old: Any, new: Any) -> bool:
-    """Whether a stored value and a new one (both as stored) are the same value: an upsert or a row
-    update that changes nothing leaves ``last modified [auto]`` where it was."""
+def same_stored_value(dialect: str, column_type: str, old: Any, new: Any) -> bool:
+    """Whether a stored value and a new one are the same value: an upsert or a row update that changes
+    nothing leaves ``last modified [auto]`` where it was. ``new`` as ``stored_encoder`` gives it (json:
+    its text); ``old`` as the driver reads it (json: text on SQLite, the value on PostgreSQL, where a
+    stored JSON string is a Python string, not JSON text). json values differ when ``true`` became
+    ``1``: Python's ``==`` would call them equal and keep the old one."""
     if old is None or new is None:
         return old is None and new is None
     if column_type == "json":
-        return (orjson.loads(old) if isinstance(old, str) else old) == orjson.loads(new)
+        return same_json(loads_exact(old) if dialect == "sqlite" else old, loads_exact(new))
     if column_type == "number":
         return float(old) == float(new)
     return bool(old == new)
@@ -492,7 +496,7 @@ def write_rows(store: Store, conn: sa.Connection, dataset: Dataset, checked: Che
                 old = existing.get(key)
                 if old is None:
                     inserts.append(row)
-                elif all(same_stored_value(t, o, n) for t, o, n in zip(types, old[1:], row)):
+                elif all(same_stored_value(store.dialect, t, o, n) for t, o, n in zip(types, old[1:], row)):
                     counts.unchanged += 1
                 else:
                     updates.append((*row, now, old[0]))

@@ -437,6 +437,14 @@ async def test_task_client_fails_oversized_answers() -> None:
 # --- command line ---------------------------------------------------------------------------------
 
 
+def test_a_patch_from_1_to_true_in_a_step_body_is_saved(tapi: Api, third_party: ThirdParty) -> None:
+    step = {"name": "a", "method": "POST", "url": f"{third_party.url}/login", "json": {"flag": 1}}
+    assert tapi.post("/api/tasks", json={"name": "flags", "steps": [step]}).status_code == 201
+    r = tapi.patch("/api/tasks/flags", json={"steps": [{**step, "json": {"flag": True}}]})
+    assert r.status_code == 200, r.text
+    assert tapi.get("/api/tasks/flags").json()["steps"][0]["json"]["flag"] is True  # not 1 (== would not tell)
+
+
 def test_parse_params() -> None:
     assert parse_params(["a=b=c", "n:=3", "ids:=[1,2]", "empty=", "t:=true"]) == {"a": "b=c", "n": 3, "ids": [1, 2], "empty": "", "t": True}
     for bad in ("novalue", "=x", "n:=nope"):

@@ -100,6 +100,18 @@ def test_a_patch_that_changes_nothing_keeps_last_modified(orders):
     assert again.status_code == 200 and again.json() == first
     changed = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"receipt id": "R-2"}).json()
     assert changed["last modified [auto]"] > first["last modified [auto]"]
+    # json values (meta): keys in another order are the same value; true is not 1; a JSON string is a string
+    for value, same_as in ([{"a": 1, "b": [1]}, {"b": [1], "a": 1}], [{"a": True}, None], ["hello", "hello"], [[1], "[1]"]):
+        before = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"meta": value})
+        assert before.status_code == 200 and before.json()["meta"] == value, before.text
+        if same_as is None:  # {"a": 1} after {"a": true} is a change
+            same_as, expect_same = {"a": 1}, False
+        else:
+            expect_same = same_as == value or isinstance(same_as, dict)
+        after = orders.patch(f"/api/datasets/orders/rows/{row['_id']}", json={"meta": same_as})
+        assert after.status_code == 200 and after.json()["meta"] == same_as, after.text
+        moved = after.json()["last modified [auto]"] != before.json()["last modified [auto]"]
+        assert moved is not expect_same, (value, same_as)
     assert orders.patch("/api/datasets/orders/rows/999999", json={"receipt id": "R-2"}).status_code == 404
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import event
 from . import codecs, schema
 from .writer import WritePressure, WriterTurns
 from ..errors import DatabaseUnavailable
+from ..exact_json import dumps_exact, loads_exact
 
 __all__ = ["Store", "open_store", "database_unavailable_reason", "sqlite_busy_seconds", "DatasetColumns", "LightConnection", "NeedsConnection", "schema", "codecs"]
 
@@ -93,7 +94,7 @@ class Store:
                 pool_size=int(os.environ.get("PUSHBASE_PG_POOL", "10")),
                 max_overflow=20,
                 json_serializer=_json_text,
-                json_deserializer=_json_value,
+                json_deserializer=loads_exact,
             )
             event.listen(engine, "checkout", _pg_connection_alive)
             event.listen(engine, "connect", _pg_session_settings)
@@ -349,16 +350,8 @@ class _Checkpointer:
 
 def _json_text(value: Any) -> str:
     """JSON columns (run records, job errors, definitions) keep integers beyond 64 bits exactly: a
-    task's answer may hold one."""
-    from ..rows import dumps_exact  # rows needs this package's codecs first
-
+    task's answer may hold one (read back with ``loads_exact``)."""
     return dumps_exact(value).decode()
-
-
-def _json_value(text: str | bytes) -> Any:
-    from ..rows import loads_exact
-
-    return loads_exact(text)
 
 
 def _pg_connection_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -497,7 +490,7 @@ def _sqlite_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
             max_overflow=0,
             pool_timeout=120,
             json_serializer=_json_text,
-            json_deserializer=_json_value,
+            json_deserializer=loads_exact,
         )
 
         @event.listens_for(engine, "connect")

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
 def parse_params(values: list[str]) -> dict[str, Any]:
     """``k=v`` (text) and ``k:=JSON`` pairs as a dict; ValueError names the bad one."""
-    from ..rows import loads_exact
+    from ..exact_json import loads_exact
 
     params: dict[str, Any] = {}
     for item in values:
@@ -87,7 +87,7 @@ def run(
 ) -> None:
     """Run a task now and print each step's status; exits non-zero when the run fails."""
     from ..errors import PushbaseError
-    from ..rows import dumps_exact
+    from ..exact_json import dumps_exact
     from ..storage import open_store
     from .service import run_now
 

@@ -67,7 +67,7 @@ from ..durations import format_duration
 from ..errors import Invalid, PushbaseError
 from ..netguard import check_url
 from ..outbound import custom_header_problem
-from ..rows import dumps_exact, loads_exact
+from ..exact_json import dumps_exact, loads_exact
 from .models import StepSpec, TaskSpec
 from .templates import Secrets, StepResult, TemplateFailure, Views, build_context, render_string, render_value, secret_derived_values, used_secret_values
 

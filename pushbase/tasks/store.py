@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from ..columns import refuse_long_integers, utc_now
 from ..errors import Conflict, Invalid, NotFound
+from ..exact_json import same_json
 from ..leases import owner_is_dead
 from ..netguard import check_url
 from ..rows import decode_cursor, encode_cursor
@@ -343,7 +344,8 @@ def update_task(store: Store, name: str, body: dict[str, Any], *, allow_private:
         before = task.spec
         if (before.schedule, before.enabled) != (spec.schedule, spec.enabled) or task.next_run_at is None:
             values["next_run_at"] = _first_run(spec, now)
-        if definition == task.definition and values.get("next_run_at", task.next_run_at) == task.next_run_at:
+        # same_json: a step body's true replacing 1 is a change, which == would not see
+        if same_json(definition, task.definition) and values.get("next_run_at", task.next_run_at) == task.next_run_at:
             return _show(conn, task)  # nothing changes: no write, and updated_at stays (see update_push)
         conn.execute(tasks_table.update().where(tasks_table.c.id == task.id).values(**values))
         _notify(store, conn, name)

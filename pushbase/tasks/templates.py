@@ -51,7 +51,7 @@ from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import Invalid, PushbaseError
-from ..rows import dumps_exact
+from ..exact_json import dumps_exact
 
 __all__ = [
     "TemplateFailure",
@@ -682,7 +682,7 @@ def _plain_key(key: Any) -> str:
     if isinstance(key, str):
         return str(key)
     if key is None or isinstance(key, (bool, int, float)):
-        return orjson.dumps(key).decode()
+        return dumps_exact(key).decode()
     if isinstance(key, Undefined):
         key._fail_with_undefined_error()
     raise TypeError(f"an object key must be a string, not {type(key).__name__}")

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest, PushbaseError, TooLarge
 from ..keys import Principal, authenticate, cached_principal
-from ..rows import dumps_exact, loads_exact
+from ..exact_json import dumps_exact, loads_exact
 from ..settings import Settings
 from ..storage import Store
 
