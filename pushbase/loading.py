@@ -23,9 +23,9 @@ from psycopg.types.json import Jsonb
 
 from .columns import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH, fits_int64, json_depth, flatten_row, modification_time, validator_for
 from .datasets import Dataset
-from .exact_json import loads_exact, may_hold_long_integers, same_json
+from .exact_json import may_hold_long_integers, same_json
 from .rows import JSON, struct_names_ok
-from .storage import Store, codecs
+from .storage import Store, codecs, cursors
 
 __all__ = [
     "JobFailed",
@@ -347,11 +347,8 @@ def _convert_column(dialect: str, column_type: str, values: tuple[Any, ...]) -> 
                 micros = list(map(_micros, values))
             except OverflowError:
                 raise _NeedsGeneralPath from None
-        try:
-            lowest, highest = min(micros, default=0), max(micros, default=0)
-        except TypeError:  # a missing value: look at the others only
-            present = [m for m in micros if m is not None]
-            lowest, highest = min(present, default=0), max(present, default=0)
+        present = [m for m in micros if m is not None] if None in micros else micros
+        lowest, highest = min(present, default=0), max(present, default=0)
         if lowest < _MIN_MICROS or highest > _MAX_MICROS:
             raise _NeedsGeneralPath
         return micros
@@ -432,7 +429,10 @@ def same_stored_value(dialect: str, column_type: str, old: Any, new: Any) -> boo
     if old is None or new is None:
         return old is None and new is None
     if column_type == "json":
-        return same_json(loads_exact(old) if dialect == "sqlite" else old, loads_exact(new))
+        if dialect == "sqlite" and old == new:  # the same text from the same writer: a row sent again
+            return True
+        # Dataset json values never hold integers beyond 64 bits (refused when loaded): orjson reads them.
+        return same_json(orjson.loads(old) if dialect == "sqlite" else old, orjson.loads(new))
     if column_type == "number":
         return float(old) == float(new)
     return bool(old == new)
@@ -444,7 +444,7 @@ def _existing(store: Store, conn: sa.Connection, dataset: Dataset, keys: Sequenc
     positions = [next(i for i, c in enumerate(dataset.columns) if c.name == n) for n in dataset.unique_id]
     uid_cols = [dataset.column(n).col for n in dataset.unique_id]
     select = f'SELECT _id, {", ".join(c.col for c in dataset.columns)} FROM "ds_{dataset.id}"'
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = cursors.rows_cursor(conn)
     found: dict[Any, tuple[Any, ...]] = {}
     # Text order in PostgreSQL follows the database's collation, not Python's code-point order, so the
     # range below is only asked there for non-text ids (SQLite compares text by code point too).

@@ -553,12 +553,17 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     else:
         # The usual cut: every row is here. Each run of max_batch_rows rows is one batch, encoded in one
         # go; from the first run over max_batch_bytes on, row by row (add), which cuts where the bytes say.
-        rows, parts = parts[0], []
-        for start in range(0, len(rows), push.max_batch_rows):
+        rows = parts[0]
+        parts = [rows] if push.format == "ndjson" else []  # NDJSON, a line per row: row by row
+        for start in range(0, 0 if parts else len(rows), push.max_batch_rows):
             chunk = rows[start:start + push.max_batch_rows]
-            whole = cutter.whole([decode(r[:width]) for r in chunk], [_marker(store, r[width]) for r in chunk])
+            decoded, markers = [decode(r[:width]) for r in chunk], [_marker(store, r[width]) for r in chunk]
+            whole = cutter.whole(decoded, markers)
             if whole is None:
-                parts = [rows[start:]]
+                for row, marker in zip(decoded, markers):  # already decoded: cut by bytes from here on
+                    if (batch := cutter.add(row, marker)) is not None:
+                        pending.append(batch)
+                parts = [rows[start + len(chunk):]]
                 break
             pending.append(whole)
     for part in parts:

@@ -23,15 +23,28 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
+from psycopg.types.json import set_json_loads
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["stream", "bounded"]
+__all__ = ["stream", "bounded", "rows_cursor"]
 
 _names = itertools.count(1)
+
+
+def rows_cursor(conn: sa.Connection) -> Any:
+    """A DBAPI cursor for dataset rows. On PostgreSQL its jsonb values are read by ``orjson.loads``:
+    dataset json values never hold integers beyond 64 bits (refused when loaded), so the engine's
+    ``loads_exact`` (for Pushbase's own JSON columns, task run records among them) would only add its
+    digit scan to every json cell of a pull."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    if conn.dialect.name == "postgresql":
+        set_json_loads(orjson.loads, cursor)
+    return cursor
 
 
 def stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -63,7 +76,7 @@ def bounded(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[list
             result.close()
         return
     statement, parameters = _statement(conn, select)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = rows_cursor(conn)
     rows_of = cursor.stream(statement, parameters, size=batch)
     try:
         while rows := list(itertools.islice(rows_of, batch)):
@@ -123,7 +136,7 @@ def _pg_stream(conn: sa.Connection, select: sa.Select, batch: int) -> Iterator[l
     # cursors), which picks a walk of the primary key past every row a selective filter rejects.
     conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
     conn.execute(_DeclareCursor(name, select))
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = rows_cursor(conn)
     fetch = f"FETCH FORWARD {int(batch)} FROM {name}"
 
     def next_batch() -> list[tuple[Any, ...]]:
