@@ -124,23 +124,23 @@ def apply_config(store: Store, config: Any, settings: Settings, progress: Callab
     # A push or task that the file leaves as it is keeps its updated_at (its update writes nothing).
     for body in _named("pushes", config.get("pushes")):
         try:
-            before = pushes.get_push(store, body["name"]).updated_at
+            before = pushes.show_push(store, body["name"])["updated_at"]
         except NotFound:
             pushes.create_push(store, body, allow_private=allow)
             note(f"push {body['name']}: created")
         else:
-            pushes.update_push(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
-            note(f"push {body['name']}: {'unchanged' if pushes.get_push(store, body['name']).updated_at == before else 'updated'}")
+            after = pushes.update_push(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
+            note(f"push {body['name']}: {'unchanged' if after['updated_at'] == before else 'updated'}")
 
     for body in _named("tasks", config.get("tasks")):
         try:
-            before = tasks.get_task(store, body["name"]).updated_at
+            before = tasks.show_task(store, body["name"])["updated_at"]
         except NotFound:
             tasks.create_task(store, body, allow_private=allow)
             note(f"task {body['name']}: created")
         else:
-            tasks.update_task(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
-            note(f"task {body['name']}: {'unchanged' if tasks.get_task(store, body['name']).updated_at == before else 'updated'}")
+            after = tasks.update_task(store, body["name"], {k: v for k, v in body.items() if k != "name"}, allow_private=allow)
+            note(f"task {body['name']}: {'unchanged' if after['updated_at'] == before else 'updated'}")
     return report
 
 

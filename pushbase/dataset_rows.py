@@ -45,11 +45,20 @@ def list_rows(store: Store, dataset_name: str, *, limit: int | None = None, afte
 
 
 def get_row(store: Store, conn: sa.Connection, dataset: Dataset, row_id: int) -> dict[str, Any]:
+    return row_decoder(store, dataset)(_stored_row(store, conn, dataset, row_id))
+
+
+def _stored_row(store: Store, conn: sa.Connection, dataset: Dataset, row_id: int) -> Any:
+    """The row as stored (``_columns``' order); NotFound when there is none."""
     table = store.dataset_table(dataset.physical)
     found = conn.execute(sa.select(*_columns(table, dataset)).where(table.c._id == row_id)).first()
     if found is None:
-        raise NotFound(f"dataset {dataset.name!r} has no row {row_id}", details={"row_id": row_id})
-    return row_decoder(store, dataset)(found)
+        raise _no_row(dataset, row_id)
+    return found
+
+
+def _no_row(dataset: Dataset, row_id: int) -> NotFound:
+    return NotFound(f"dataset {dataset.name!r} has no row {row_id}", details={"row_id": row_id})
 
 
 def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +70,7 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
         dataset = get_dataset(store, dataset_name, conn)
         fields = flatten_row(fields, dataset.nested)
         values: dict[str, Any] = {}
-        stored: dict[str, Any] = {}  # the same values as loads store them (json as text): to compare
+        json_texts: dict[str, str] = {}  # PostgreSQL's json values as loads store them (text), to compare
         errors = []
         for name, value in fields.items():
             try:
@@ -72,31 +81,30 @@ def update_row(store: Store, dataset_name: str, row_id: int, fields: dict[str, A
             if value is None:
                 if name in dataset.unique_id:
                     errors.append({"column": name, "message": "a unique-id value is required", "value": None})
-                values[column.col] = stored[column.col] = None
+                values[column.col] = None
                 continue
             try:
                 valid = validator_for(column.type)(value)
                 values[column.col] = codecs.encoder(store.dialect, column.type)(valid)
-                stored[column.col] = stored_encoder(store.dialect, column.type)(valid)
+                if column.type == "json" and store.dialect != "sqlite":  # SQLite's encoder gives the text
+                    json_texts[column.col] = stored_encoder(store.dialect, column.type)(valid)
             except ValueError as exc:
                 errors.append({"column": name, "message": str(exc), "value": excerpt(value), "expected": column.type})
         if errors:
             raise Invalid("the update does not match the dataset; nothing was changed", code="invalid_row", details=errors)
         table = store.dataset_table(dataset.physical)
-        current = conn.execute(sa.select(*[table.c[col] for col in values]).where(table.c._id == row_id)).first()
-        if current is None:
-            raise NotFound(f"dataset {dataset.name!r} has no row {row_id}", details={"row_id": row_id})
-        types = {c.col: c.type for c in dataset.columns}
-        if all(same_stored_value(store.dialect, types[col], old, stored[col]) for col, old in zip(values, current)):
+        current = _stored_row(store, conn, dataset, row_id)
+        stored = {c.col: (c.type, current[1 + i]) for i, c in enumerate(dataset.columns)}
+        if all(same_stored_value(store.dialect, stored[col][0], stored[col][1], json_texts.get(col, new)) for col, new in values.items()):
             # Nothing changes (a receipt written again): the row keeps its last modified, so views
             # comparing it with a log-time field do not see it as new and push it once more.
-            return get_row(store, conn, dataset, row_id)
+            return row_decoder(store, dataset)(current)
         values["_modified"] = codecs.encoder(store.dialect, "datetime")(modification_time())
         try:
             updated = conn.execute(table.update().where(table.c._id == row_id).values(values)).rowcount
         except sa.exc.IntegrityError:
             raise Invalid("another row already has that unique id", code="duplicate_unique_id") from None
-        if not updated:
-            raise NotFound(f"dataset {dataset.name!r} has no row {row_id}", details={"row_id": row_id})
+        if not updated:  # deleted meanwhile (PostgreSQL: another transaction)
+            raise _no_row(dataset, row_id)
         store.notify(conn, DATA_CHANNEL, str(dataset.id))
         return get_row(store, conn, dataset, row_id)

@@ -115,8 +115,10 @@ class ViewQuery:
     def indexable_columns(self) -> list[str]:
         """Physical columns that filters and sorts name directly: worth an index (e.g. the log-time field,
         or ``last modified [auto]`` for "changed since")."""
-        physical = {c.name: c.col for c in self.dataset.columns}
-        physical.update({"created [auto]": "_created", "last modified [auto]": "_modified"})
+        physical = {  # fields that are a column of the table (the row id has its own index)
+            name: ref.expr.name for name, ref in self.fields.items()
+            if isinstance(ref.expr, sa.Column) and ref.expr.table is self.table and ref.expr.name != "_id"
+        }
         names = [f.get("field") for f in self.filter_definitions if isinstance(f, dict)]
         names += [k.field.name for k in self.sort]
         return sorted({physical[n] for n in names if n in physical})
