@@ -366,3 +366,35 @@ def test_a_run_by_hand_and_the_worker_never_work_a_push_at_once(api, receiver):
     assert delivered_ids(receiver.requests) == [1, 2, 3]
     ids = [r.headers["webhook-id"] for r in receiver.requests]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("fmt, max_batch_bytes", [("json", 1_000_000), ("ndjson", 1_000_000), ("form", 1_000_000), ("json", 1024)])
+def test_pushed_rows_are_the_rows_a_pull_of_the_view_gives(api, receiver, fmt, max_batch_bytes):
+    # Every column type, a nested field and calculations of types converted on the way out, in one call
+    # and cut by bytes (row by row): each value is written as the pull API writes it.
+    sample = {"id": 1, "name": "Zoë \"q\" \u2028", "n": 0.1, "qty": 7, "ok": True, "day": "2024-02-29", "at": "2024-02-29T10:11:12.5Z",
+              "tags": [1, {"a": None}], "customer": {"city": "Oslo"}, "last pushed": "2024-01-01T00:00:00Z"}
+    assert api.post("/api/datasets", json={"name": "typed", "sample": sample, "unique_id": ["id"]}).status_code == 201
+    fields = ["id", "name", "n", "qty", "ok", "day", "at", "tags", "customer.city", "later", "big", "modified"]
+    calculations = [{"name": "later", "formula": "{at} + interval '1 day'"}, {"name": "big", "formula": "{n} > 1"},
+                    {"name": "modified", "formula": "{last modified [auto]}"}]
+    r = api.post("/api/views", json={"name": "typed_out", "dataset": "typed", "columns": fields, "calculations": calculations,
+                                     "filters": [{"field": "last pushed", "op": "is_empty"}], "sort": [{"field": "id", "direction": "asc"}]})
+    assert r.status_code == 201, r.text
+    rows = [{**sample, "last pushed": None},
+            {"id": 2, "name": "ø" * 300, "n": -2.5e-7, "qty": -3, "ok": False, "day": "1969-12-31", "at": "1969-12-31T23:59:59.999999Z",
+             "tags": None, "customer": {"city": None}},
+            {"id": 3, "name": None, "n": 12345678.125, "ok": None, "at": None, "tags": {"deep": [True, 1.0]}}]
+    api.load("typed", rows)
+    pulled = api.all_rows("/api/views/typed_out/rows")
+    assert [row["id"] for row in pulled] == [1, 2, 3]
+    assert pulled[0]["at"] == "2024-02-29T10:11:12.500000Z" and pulled[0]["later"] == "2024-03-01T10:11:12.500000Z"
+    assert pulled[1]["ok"] is False and pulled[2]["ok"] is None and pulled[1]["big"] is False
+    lines = api.get("/api/views/typed_out/rows", params={"format": "ndjson"}).content
+    make_push(api, receiver.url + "/hook", view="typed_out", format=fmt, max_batch_bytes=max_batch_bytes)
+    eventually(lambda: sum(len(rows_of(r)) for r in receiver.requests) == 3, message="three rows pushed")
+    assert [row for r in receiver.requests for row in rows_of(r)] == pulled
+    if max_batch_bytes < 2000:
+        assert len(receiver.requests) > 1
+    if fmt == "ndjson":  # byte for byte, too: the lines of a pull
+        assert b"".join(r.body for r in receiver.requests) == lines

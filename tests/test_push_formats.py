@@ -64,12 +64,12 @@ def test_a_row_larger_than_the_limit_goes_alone():
 @pytest.mark.parametrize("fmt", ["form", "json", "ndjson"])
 def test_whole_batch_is_byte_for_byte_what_add_builds(fmt):
     (expected,) = cut(fmt, 100, 1_000_000)
-    whole = BatchCutter(fmt, 100, 1_000_000).whole(ROWS, [r["_id"] * 10 for r in ROWS])
+    whole = BatchCutter(fmt, 100, 1_000_000).whole(ROWS, [[r["_id"], r["_id"] * 10] for r in ROWS])
     if fmt == "ndjson":
         assert whole is None  # nothing to save: fed row by row
         return
     assert whole is not None and whole.body == expected.body and whole.keys == expected.keys
     # Too many rows or too many bytes for one batch: left to ``add``.
-    assert BatchCutter(fmt, 6, 1_000_000).whole(ROWS, [0] * 7) is None
-    assert BatchCutter(fmt, 100, len(expected.body) - 1).whole(ROWS, [0] * 7) is None
-    assert BatchCutter(fmt, 100, len(expected.body)).whole(ROWS, [0] * 7) is not None
+    assert BatchCutter(fmt, 6, 1_000_000).whole(ROWS, [[r["_id"], 0] for r in ROWS]) is None
+    assert BatchCutter(fmt, 100, len(expected.body) - 1).whole(ROWS, [[r["_id"], 0] for r in ROWS]) is None
+    assert BatchCutter(fmt, 100, len(expected.body)).whole(ROWS, [[r["_id"], 0] for r in ROWS]) is not None

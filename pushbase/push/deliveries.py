@@ -38,7 +38,7 @@ from ..datasets import Dataset, get_dataset_by_id
 from ..errors import Invalid, NotFound
 from ..leases import owner_is_dead, owner_is_local
 from ..outbound import Attempt
-from ..rows import decode_cursor, encode_cursor
+from ..rows import RowEncoder, decode_cursor, encode_cursor
 from ..storage import NeedsConnection, Store, codecs
 from ..storage.schema import datasets as datasets_table
 from ..storage.schema import deliveries as deliveries_table
@@ -222,6 +222,7 @@ class Target:
     any_row: sa.Select  # does the view select anything? (no order, one row)
     stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
     log_col: str  # the log-time field's physical column
+    encoder: RowEncoder  # the rows of ``rows`` as the pull API writes them (``ViewQuery.encoder("json")``)
     first_rows_raw: PreparedStatement | None = None  # ``first_rows`` run on the cursor
     _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
 
@@ -326,7 +327,9 @@ class TargetCache:
 
 def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], log_time_field: str) -> Target:
     query = ViewQuery(store, dataset, definition)
-    rows = query.select(extra=[query.table.c._modified.label("_pb_marker")])
+    # Fields in the pull API's JSON form where SQL can make it (datetimes on both engines, dates on
+    # PostgreSQL): a push carries rows exactly as a pull of the view gives them.
+    rows = query.select(extra=[query.table.c._modified.label("_pb_marker")], output="json")
     if query.limit is not None:
         rows = rows.limit(int(query.limit))
     first_rows = rows.limit(_PROBE_ROWS + 1 if query.limit is None else min(int(query.limit), _PROBE_ROWS + 1))
@@ -338,7 +341,10 @@ def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], lo
         # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
         .values({log_col: sa.bindparam("k_value")})
     )
-    return Target(query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col, PreparedStatement(first_rows))
+    return Target(
+        query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col,
+        query.encoder("json"), PreparedStatement(first_rows),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,8 +548,14 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
         pending, size = [], 0
 
     width = target.width
-    decode = target.query.decoder
+    encoder = target.encoder
     cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
+
+    def keys(rows: list[Any]) -> list[list[int]]:  # each row's [_id, marker], as ``_marker`` gives it
+        if store.dialect == "sqlite":
+            return [[row[0], row[width]] for row in rows]
+        return [[row[0], codecs.datetime_to_micros(row[width])] for row in rows]
+
     # Most cuts are small: read them at once. A large view is streamed (a server-side cursor on
     # PostgreSQL costs round trips that a small cut would notice).
     raw = target.first_rows_raw
@@ -557,18 +569,14 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
         parts = [rows] if push.format == "ndjson" else []  # NDJSON, a line per row: row by row
         for start in range(0, 0 if parts else len(rows), push.max_batch_rows):
             chunk = rows[start:start + push.max_batch_rows]
-            decoded, markers = [decode(r[:width]) for r in chunk], [_marker(store, r[width]) for r in chunk]
-            whole = cutter.whole(decoded, markers)
+            whole = cutter.whole(encoder.structs(chunk), keys(chunk))
             if whole is None:
-                for row, marker in zip(decoded, markers):  # already decoded: cut by bytes from here on
-                    if (batch := cutter.add(row, marker)) is not None:
-                        pending.append(batch)
-                parts = [rows[start + len(chunk):]]
+                parts = [rows[start:]]  # cut by bytes from here on
                 break
             pending.append(whole)
     for part in parts:
-        for raw in part:
-            batch = cutter.add(decode(raw[:width]), _marker(store, raw[width]))
+        for row, (_, marker) in zip(encoder.objects(part), keys(part)):
+            batch = cutter.add(row, marker)
             if batch is not None:
                 pending.append(batch)
                 size += len(batch.body)

@@ -11,6 +11,8 @@ ndjson   application/x-ndjson                        one JSON object per line, e
 
 Each row is encoded once; a batch's size in bytes is then known exactly before the body is built,
 so ``max_batch_bytes`` bounds the body as sent. A single row larger than the limit goes alone.
+Rows are written by the pull API's JSON encoder (``rows.JSON``), so a pushed row is byte for byte the
+row a pull of the view gives.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus
 
-import orjson
+from ..rows import JSON
 
 __all__ = ["FORMATS", "content_type", "encode_row", "BatchCutter", "Batch", "encode_rows"]
 
@@ -45,7 +47,7 @@ def content_type(fmt: str) -> str:
 
 def encode_row(fmt: str, row: dict[str, Any]) -> bytes:
     """One row's bytes as they appear in a body of ``fmt`` (percent-encoding is per character)."""
-    data = orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
+    data = JSON.encode(row)
     if fmt == "form":
         return quote_plus(data.decode("utf-8"), safe="").encode("ascii")
     if fmt == "ndjson":
@@ -96,17 +98,18 @@ class BatchCutter:
         self._size = grown
         return full
 
-    def whole(self, rows: list[dict[str, Any]], markers: list[int]) -> Batch | None:
-        """All of ``rows`` as one batch, encoded in one go, when they fit in one (else None: feed them
-        to ``add``). The body is byte for byte what ``add`` would build: orjson's array is the rows
-        joined by commas, and percent-encoding is per character."""
+    def whole(self, rows: list[Any], keys: list[list[int]]) -> Batch | None:
+        """All of ``rows`` (dicts, or the structs of ``RowEncoder.structs``; ``keys`` their
+        ``[_id, marker]``) as one batch, encoded in one go, when they fit in one (else None: feed them
+        to ``add``). The body is byte for byte what ``add`` would build: the encoder's array is the
+        rows joined by commas, and percent-encoding is per character."""
         if self._parts or not rows or len(rows) > self.max_rows or self.fmt == "ndjson":
             return None
-        data = orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS)
+        data = JSON.encode(rows)
         body = b"json=" + quote_plus(data.decode("utf-8"), safe="").encode("ascii") if self.fmt == "form" else data
         if len(body) > self.max_bytes:
             return None
-        return Batch(body, [[int(row["_id"]), marker] for row, marker in zip(rows, markers)])
+        return Batch(body, keys)
 
     def finish(self) -> Batch | None:
         return self._take() if self._parts else None
