@@ -82,8 +82,7 @@ _LOCAL_HOLDER_RECHECK = dt.timedelta(seconds=1)
 MAX_ATTEMPTS_KEPT = 100
 _FLUSH_BYTES = 8 * 1024 * 1024
 _KEEP_BYTES = 8 * 1024 * 1024  # pending deliveries handed to the engine in memory after a cut
-_STAMP_CHUNK = 500
-_STAMP_CHUNK_PG = 10_000
+_STAMP_CHUNK = 10_000  # rows per stamping statement
 _PROBE_ROWS = 2000
 
 
@@ -220,8 +219,7 @@ class Target:
     first_rows: sa.Select  # the same, at most ``_PROBE_ROWS + 1`` of them
     width: int  # columns of a row before the marker
     any_row: sa.Select  # does the view select anything? (no order, one row)
-    stamp: sa.Update  # sets the log-time column where ``_id`` and ``_modified`` still match
-    log_col: str  # the log-time field's physical column
+    log_col: str  # the log-time field's physical column, stamped where ``_id`` and ``_modified`` still match
     encoder: RowEncoder  # the rows of ``rows`` as the pull API writes them (``ViewQuery.encoder("json")``)
     first_rows_raw: PreparedStatement | None = None  # ``first_rows`` run on the cursor
     _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
@@ -234,7 +232,7 @@ class Target:
         key = f"succeed:{released}"
         found = self._compiled.get(key)
         if found is None:
-            stamp, _ = self.stamp_sql(conn)
+            stamp = self.stamp_sql(conn)
             quote = conn.dialect.identifier_preparer.quote
             release = ", lease_owner = NULL, lease_expires_at = NULL" if released else ""
             sql = (
@@ -248,26 +246,31 @@ class Target:
             found = self._compiled[key] = (sql, None)
         return found[0]
 
-    def stamp_sql(self, conn: sa.Connection) -> tuple[str, tuple[str, ...] | None]:
-        """``stamp`` ready for ``exec_driver_sql``, which skips SQLAlchemy's per-row parameter work.
-
-        SQLite: the compiled UPDATE and its parameters' order, run as an executemany (in process, so
-        one statement per row costs little). PostgreSQL: one UPDATE joined to ``unnest`` of the ids
-        and markers, so a batch is stamped in one round trip; parameters ``v``, ``ids``, ``ms``."""
+    def stamp_sql(self, conn: sa.Connection) -> str:
+        """The stamp as one statement for a whole chunk of rows, for ``exec_driver_sql``-style use on
+        the DBAPI cursor. SQLite: an UPDATE joined to ``json_each`` of the ``[_id, marker]`` pairs, one
+        parameter ``k`` (their JSON) after the value ``v`` (qmark style: ``v`` then ``k``); an
+        executemany stepped once per row and gave up the GIL each time, and a thread that takes the
+        GIL back behind a busy event loop waits up to its switch interval (5 ms) per row, holding the
+        database's one writer meanwhile. PostgreSQL: an UPDATE joined to ``unnest`` of the ids and
+        markers, one round trip; parameters ``v``, ``ids``, ``ms``."""
         found = self._compiled.get(conn.dialect.name)
         if found is None:
+            quote = conn.dialect.identifier_preparer.quote
+            table, log_col = quote(self.query.table.name), quote(self.log_col)
             if conn.dialect.name == "postgresql":
-                quote = conn.dialect.identifier_preparer.quote
                 found = (
-                    f"UPDATE {quote(self.query.table.name)} AS t SET {quote(self.log_col)} = %(v)s "
+                    f"UPDATE {table} AS t SET {log_col} = %(v)s "
                     "FROM unnest(%(ids)s::bigint[], %(ms)s::bigint[]) AS k(id, m) WHERE t._id = k.id "
                     # The marker in microseconds, made a timestamp exactly (whole seconds, then the rest).
-                    "AND t._modified = timestamptz 'epoch' + (k.m / 1000000) * interval '1 second' + mod(k.m, 1000000) * interval '1 microsecond'",
-                    None,
+                    "AND t._modified = timestamptz 'epoch' + (k.m / 1000000) * interval '1 second' + mod(k.m, 1000000) * interval '1 microsecond'"
                 )
             else:
-                compiled = self.stamp.compile(dialect=conn.dialect)
-                found = (str(compiled), tuple(compiled.positiontup or ()))
+                # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
+                found = (
+                    f"UPDATE {table} SET {log_col} = ? FROM json_each(?) AS k "
+                    f"WHERE {table}._id = json_extract(k.value, '$[0]') AND {table}._modified = json_extract(k.value, '$[1]')"
+                )
             self._compiled[conn.dialect.name] = found
         return found
 
@@ -333,16 +336,9 @@ def _build_target(store: Store, dataset: Dataset, definition: dict[str, Any], lo
     if query.limit is not None:
         rows = rows.limit(int(query.limit))
     first_rows = rows.limit(_PROBE_ROWS + 1 if query.limit is None else min(int(query.limit), _PROBE_ROWS + 1))
-    table = query.table
     log_col = dataset.column(log_time_field).col
-    stamp = (
-        table.update()
-        .where(table.c._id == sa.bindparam("k_id"), table.c._modified == sa.bindparam("k_marker"))
-        # Only the log-time column: `_modified` stays, and a row changed in flight no longer matches.
-        .values({log_col: sa.bindparam("k_value")})
-    )
     return Target(
-        query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), stamp, log_col,
+        query, rows, first_rows, len(query.output) + 1, query.select(with_order=False).limit(1), log_col,
         query.encoder("json"), PreparedStatement(first_rows),
     )
 
@@ -664,27 +660,16 @@ def _pg_keys(keys: list[list[int]]) -> dict[str, str]:
 
 def _stamp(store: Store, conn: sa.Connection, target: Target, keys: list[list[int]], at: dt.datetime) -> int:
     value = _stamp_value(store, keys, at)
-    sql, names = target.stamp_sql(conn)
+    sql = target.stamp_sql(conn)
     stamped = 0
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if names is None:  # PostgreSQL: one statement per chunk
-            for start in range(0, len(keys), _STAMP_CHUNK_PG):
-                chunk = keys[start : start + _STAMP_CHUNK_PG]
+        for start in range(0, len(keys), _STAMP_CHUNK):
+            chunk = keys[start : start + _STAMP_CHUNK]
+            if store.dialect == "postgresql":
                 cursor.execute(sql, {"v": value, **_pg_keys(chunk)})
-                stamped += max(cursor.rowcount, 0)
-            return stamped
-        chunks = (keys[start : start + _STAMP_CHUNK] for start in range(0, len(keys), _STAMP_CHUNK))
-        if names == ("k_value", "k_id", "k_marker"):
-            for chunk in chunks:
-                cursor.executemany(sql, [(value, k[0], k[1]) for k in chunk])
-                stamped += max(cursor.rowcount, 0)
-            return stamped
-        by_name = {"k_value": 0, "k_id": 1, "k_marker": 2}
-        order = [by_name[n] for n in names]
-        for chunk in chunks:
-            rows = [(value, k[0], k[1]) for k in chunk]
-            cursor.executemany(sql, [tuple(r[i] for i in order) for r in rows])
+            else:
+                cursor.execute(sql, (value, orjson.dumps(chunk).decode()))
             stamped += max(cursor.rowcount, 0)
         return stamped
     finally:
@@ -748,7 +733,7 @@ def _record(
         done = {"push_id": push.id, "day": day, "calls": calls, "at": now, "status": policy.status_for(0, enabled)}
         # The view's event stream hears of it once this commits (from any process, on PostgreSQL).
         event = {"push": push.name, "rows": delivery.row_count, "rows_stamped": 0, "webhook_id": delivery.webhook_id, "delivery": delivery.id, "at": now.isoformat()}
-        if store.dialect == "postgresql" and len(delivery.row_keys) <= _STAMP_CHUNK_PG:
+        if store.dialect == "postgresql" and len(delivery.row_keys) <= _STAMP_CHUNK:
             value = _stamp_value(store, delivery.row_keys, now)
             params = {**done, "delivery_id": delivery.id, "attempts": attempts}
             stamped = _succeed_pg(store, conn, target, delivery.row_keys, value, params, released, push.view_name, event)
