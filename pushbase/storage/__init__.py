@@ -280,18 +280,17 @@ class Store:
         Views order by row id within equal values (ties, and the default order), so PostgreSQL gets
         ``(col, _id)``: an equality or IS NULL filter then reads its rows already in page order, with no
         sort. SQLite's index entries end with the rowid (``_id``) anyway. Idempotent; an older
-        one-column index on PostgreSQL is kept rather than doubled."""
-        names = {ix["name"] for ix in sa.inspect(conn).get_indexes(f"ds_{ds.id}")}
-        single = f"ds_{ds.id}{col}" if col.startswith("_") else f"ds_{ds.id}_{col}"  # ds_7_modified as made before
-        if single in names:
+        one-column index on PostgreSQL is kept rather than doubled, and so is any index that starts with
+        the column (the unique id's: views often sort by it), which serves its filters and sorts as well:
+        a second index would only cost every write."""
+        indexes = sa.inspect(conn).get_indexes(f"ds_{ds.id}")
+        if any(ix["column_names"][:1] == [col] for ix in indexes):
             return
         table = self.dataset_table(ds)
         if self.dialect == "postgresql":
-            composite = f"ds_{ds.id}_{col}__id"
-            if composite not in names:
-                sa.Index(composite, table.c[col], table.c._id).create(conn)
+            sa.Index(f"ds_{ds.id}_{col}__id", table.c[col], table.c._id).create(conn)
         else:
-            sa.Index(single, table.c[col]).create(conn)
+            sa.Index(f"ds_{ds.id}{col}" if col.startswith("_") else f"ds_{ds.id}_{col}", table.c[col]).create(conn)
 
 
 class _Checkpointer:
