@@ -17,8 +17,8 @@ from ..datasets import Dataset, suggest
 from ..errors import Invalid
 from ..rows import JSON, RowDecoder, RowEncoder, decode_cursor, encode_cursor, page_limit
 from ..storage import Store, codecs, cursors
-from .filters import parse_filters
-from .formulas import FieldRef, compile_calculations
+from .filters import coerce_value, parse_filters
+from .formulas import FieldRef, compile_calculations, macro
 
 __all__ = ["ViewQuery", "JsonPage", "base_fields", "STREAM_BATCH"]
 
@@ -28,6 +28,13 @@ __all__ = ["ViewQuery", "JsonPage", "base_fields", "STREAM_BATCH"]
 # batch: 128k against 160k-220k rows/s in bench/pull on 2026-12-01, still 3.5x Datasette's CSV).
 STREAM_BATCH = 2000
 PAGE_BATCH = 2500  # rows per fetch within a JSON page
+# SQLite keeps no histograms, so it cannot tell a range filter that selects 100 rows of 1,000,000
+# from one that selects them all, and reads the table in row id order (the view's order, no sort)
+# either way. Below this many matching rows (counted through the index, at most this many read) a
+# range filter on a column is marked selective for the planner: it reads the matching rows through
+# the column's index and sorts them. See ``ViewQuery.conditions_for``.
+SELECTIVE_ROWS = 10_000
+_RANGE_OPS = frozenset({"gt", "gte", "lt", "lte"})
 
 
 def base_fields(store: Store, dataset: Dataset, table: sa.Table) -> dict[str, FieldRef]:
@@ -66,6 +73,7 @@ class ViewQuery:
         self.output = self._output_fields(definition.get("columns"))
         self.filter_definitions = list(definition.get("filters") or [])
         self.conditions = parse_filters(self.filter_definitions, self.fields, store.dialect)
+        self._range_probes = self._selectivity_probes()
         self.sort = self._sort_keys(definition.get("sort") or [])
         limit = definition.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= INT64_MAX):
@@ -123,6 +131,36 @@ class ViewQuery:
         names += [k.field.name for k in self.sort]
         return sorted({physical[n] for n in names if n in physical})
 
+    def _selectivity_probes(self) -> list[tuple[int, sa.Select]]:
+        """SQLite: for each range filter on a column of the table (other than the row id, which SQLite
+        reads by range anyway), its position and a query that finds a row only if the filter
+        matches more than ``SELECTIVE_ROWS`` rows. PostgreSQL's planner has statistics: none."""
+        if self.store.dialect != "sqlite":
+            return []
+        probes = []
+        for i, raw in enumerate(self.filter_definitions):
+            ref = self.fields.get(raw.get("field"))
+            expr = getattr(ref, "expr", None)
+            if raw.get("op") not in _RANGE_OPS or not isinstance(expr, sa.Column) or expr.table is not self.table or expr.name == "_id":
+                continue
+            if ref.type == "integer" and isinstance(coerce_value(ref, raw["op"], raw.get("value")), float):
+                continue  # compared as a double (filters._operands): no index can serve it, and the probe would scan
+            probe = sa.select(sa.literal_column("1")).select_from(self.table).where(self.conditions[i])
+            probes.append((i, probe.limit(1).offset(SELECTIVE_ROWS)))
+        return probes
+
+    def conditions_for(self, conn: sa.Connection) -> list[Any]:
+        """The filters' conditions for a query about to run on ``conn``: on SQLite, a range filter that
+        matches fewer than ``SELECTIVE_ROWS`` rows is wrapped in ``likelihood(..., 0.001)``, which makes
+        the planner read it through its index (the probe reads at most that many index entries)."""
+        if not self._range_probes:
+            return self.conditions
+        conditions = list(self.conditions)
+        for i, probe in self._range_probes:
+            if conn.execute(probe).first() is None:
+                conditions[i] = macro("likelihood({0}, 0.001)", conditions[i], type_=conditions[i].type)
+        return conditions
+
     # -- SQL ------------------------------------------------------------------------------------
 
     def _order_by(self) -> list[Any]:
@@ -161,18 +199,22 @@ class ViewQuery:
             alternatives.append(sa.and_(*[eq for eq, _ in keys[:i]], after))
         return sa.or_(*alternatives)
 
-    def select(self, *, extra: Sequence[Any] = (), with_order: bool = True, output: str | None = None) -> sa.Select:
+    def select(
+        self, *, extra: Sequence[Any] = (), with_order: bool = True, output: str | None = None, conditions: Sequence[Any] | None = None
+    ) -> sa.Select:
         """The view's SELECT: ``_id``, the output fields (``f0``, ``f1`` ...), then ``extra`` columns.
 
         ``output="json"`` or ``"csv"`` gives the fields as the pull API writes them where SQL can
-        (``codecs.output_sql``; see ``encoder``); by default they come in their stored form."""
+        (``codecs.output_sql``; see ``encoder``); by default they come in their stored form.
+        ``conditions``: the filters as ``conditions_for`` gives them (default: as saved)."""
         fields = [f.expr.label(f"f{i}") for i, f in enumerate(self.output)]
         if output is not None:
             for i, sql in self._output_sql(output).items():
                 fields[i] = sql.label(f"f{i}")
         query = sa.select(self.table.c._id, *fields, *extra).select_from(self.table)
-        if self.conditions:
-            query = query.where(*self.conditions)
+        conditions = self.conditions if conditions is None else conditions
+        if conditions:
+            query = query.where(*conditions)
         if with_order:
             query = query.order_by(*self._order_by())
         return query
@@ -207,15 +249,14 @@ class ViewQuery:
             values.append(None if value is None else codecs.decoder(self.store.dialect, key.field.type)(value))
         return encode_cursor([*values, row[0], seen])
 
-    def _page_query(self, limit: int | None, after: str | None) -> tuple[sa.Select | None, int, int]:
+    def _page_query(self, conn: sa.Connection, limit: int | None, after: str | None) -> tuple[sa.Select | None, int, int]:
         """The SELECT of a page (``None`` when the view's own limit is already reached), its size and
         the count of rows before it. Checks ``limit`` and ``after`` (4xx) before anything is read."""
         size = page_limit(limit)
         seen = 0
-        sort_cols = [k.field.expr.label(f"s{i}") for i, k in enumerate(self.sort)]
-        query = self.select(extra=sort_cols, output="json")
+        after_condition = None
         if after:
-            query = query.where(self._after(after))
+            after_condition = self._after(after)
             seen = decode_cursor(after)[-1]
             if not isinstance(seen, int) or seen < 0:
                 raise Invalid("the 'after' cursor does not belong to this view", code="invalid_cursor")
@@ -224,6 +265,10 @@ class ViewQuery:
             size = min(size, max(self.limit - seen, 0))
             if size == 0:
                 return None, size, seen
+        sort_cols = [k.field.expr.label(f"s{i}") for i, k in enumerate(self.sort)]
+        query = self.select(extra=sort_cols, output="json", conditions=self.conditions_for(conn))
+        if after_condition is not None:
+            query = query.where(after_condition)
         return query.limit(size + 1), size, seen
 
     def _page_batches(self, conn: sa.Connection, query: sa.Select | None, size: int, seen: int) -> Iterator[list[Sequence[Any]]]:
@@ -246,7 +291,7 @@ class ViewQuery:
         """One page, ``{"rows": [objects], "next": cursor or null}``, as JSON. The rows are read in
         batches, turned into row structs while PostgreSQL sends the next batch (``cursors.bounded``),
         and written by one encode (an encode per batch, joined, cost the server more)."""
-        query, size, seen = self._page_query(limit, after)
+        query, size, seen = self._page_query(conn, limit, after)
         encoder = self.encoder("json")
         batches = self._page_batches(conn, query, size, seen)
         objects: list[Any] = []
@@ -258,7 +303,7 @@ class ViewQuery:
 
     def output_rows(self, conn: sa.Connection, fmt: str, batch: int | None = None) -> Iterator[list[Sequence[Any]]]:
         """Every row of the view as result tuples for ``encoder(fmt)``, in batches, in constant memory."""
-        query = self.select(output=fmt)
+        query = self.select(output=fmt, conditions=self.conditions_for(conn))
         if self.limit is not None:
             query = query.limit(int(self.limit))
         return cursors.stream(conn, query, batch or STREAM_BATCH)
