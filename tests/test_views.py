@@ -277,6 +277,22 @@ def test_sorting_by_the_unique_id_adds_no_second_index_on_it(orders, store):
     assert [row["order_id"] for row in orders.all_rows("/api/views/by_id/rows")][:2] == [7, 6]
 
 
+def test_a_column_first_in_a_composite_unique_id_still_gets_its_own_index(api, store):
+    # The unique id's index (a, b) holds the rows of one `a` in `b` order, not in row id (page) order.
+    from pushbase.views.store import get_view, view_query
+
+    columns = [{"name": "a", "type": "integer"}, {"name": "b", "type": "integer"}]
+    assert api.post("/api/datasets", json={"name": "pairs", "columns": columns, "unique_id": ["a", "b"]}).status_code == 201
+    api.load("pairs", [{"a": i % 3, "b": 100 - i} for i in range(30)])
+    assert api.post("/api/views", json={"name": "a_is_1", "dataset": "pairs", "filters": [{"field": "a", "op": "equals", "value": 1}]}).status_code == 201
+    with store.read() as conn:
+        view = view_query(store, get_view(store, "a_is_1", conn), conn)
+        col = view.fields["a"].expr.name
+        own = [ix["column_names"] for ix in sa.inspect(conn).get_indexes(view.table.name) if ix["column_names"] in ([col], [col, "_id"])]
+    assert len(own) == 1, own
+    assert [row["b"] for row in api.all_rows("/api/views/a_is_1/rows")] == [100 - i for i in range(1, 30, 3)]
+
+
 def test_read_scope_never_opens_a_dataset_of_the_same_name(orders, store):
     # A view may hide columns; a dataset sharing its name must not leak them to the view's readers.
     assert orders.post("/api/views", json={"name": "orders", "dataset": "orders", "columns": ["order_id"]}).status_code == 201

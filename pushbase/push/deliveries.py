@@ -222,7 +222,7 @@ class Target:
     log_col: str  # the log-time field's physical column, stamped where ``_id`` and ``_modified`` still match
     encoder: RowEncoder  # the rows of ``rows`` as the pull API writes them (``ViewQuery.encoder("json")``)
     first_rows_raw: PreparedStatement | None = None  # ``first_rows`` run on the cursor
-    _compiled: dict[str, tuple[str, tuple[str, ...] | None]] = field(default_factory=dict, compare=False)
+    _compiled: dict[str, str] = field(default_factory=dict, compare=False)
 
     def succeed_sql(self, conn: sa.Connection, released: bool) -> str:
         """PostgreSQL: the stamp, the delivery's success and the push's counters as one statement
@@ -243,8 +243,8 @@ class Target:
                 f"consecutive_failures = 0, retry_at = NULL, last_error = NULL, status = %(status)s{release} "
                 "WHERE id = %(push_id)s RETURNING (SELECT c FROM n), pg_notify(%(channel)s, %(head)s || (SELECT c FROM n) || %(tail)s)"
             )
-            found = self._compiled[key] = (sql, None)
-        return found[0]
+            found = self._compiled[key] = sql
+        return found
 
     def stamp_sql(self, conn: sa.Connection) -> str:
         """The stamp as one statement for a whole chunk of rows, for ``exec_driver_sql``-style use on

@@ -280,11 +280,12 @@ class Store:
         Views order by row id within equal values (ties, and the default order), so PostgreSQL gets
         ``(col, _id)``: an equality or IS NULL filter then reads its rows already in page order, with no
         sort. SQLite's index entries end with the rowid (``_id``) anyway. Idempotent; an older
-        one-column index on PostgreSQL is kept rather than doubled, and so is any index that starts with
-        the column (the unique id's: views often sort by it), which serves its filters and sorts as well:
-        a second index would only cost every write."""
+        one-column index on PostgreSQL is kept rather than doubled, and so is a one-column unique id's
+        index (views often sort by it): it serves the column's filters and sorts in the same order, and
+        a second index would only cost every write. An index that goes on to other columns (a unique id
+        of several) does not: within one value its rows are not in row id order."""
         indexes = sa.inspect(conn).get_indexes(f"ds_{ds.id}")
-        if any(ix["column_names"][:1] == [col] for ix in indexes):
+        if any(ix["column_names"] in ([col], [col, "_id"]) for ix in indexes):
             return
         table = self.dataset_table(ds)
         if self.dialect == "postgresql":
