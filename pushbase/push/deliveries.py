@@ -471,9 +471,12 @@ def _check_lease(conn: sa.Connection, push_id: int, owner: str) -> None:
 # Reading the view and cutting batches
 
 
-def _marker(store: Store, value: Any) -> int:
-    """A row's ``_modified`` as an exact integer (microseconds), whatever the engine stores."""
-    return int(value) if store.dialect == "sqlite" else codecs.datetime_to_micros(value)
+def _row_keys(store: Store, rows: Any, width: int) -> list[list[int]]:
+    """Each row's ``[_id, marker]``, the marker being its ``_modified`` (at ``width``) as an exact
+    integer of microseconds, whatever the engine stores (SQLite: that integer already)."""
+    if store.dialect == "sqlite":
+        return [[row[0], row[width]] for row in rows]
+    return [[row[0], codecs.datetime_to_micros(row[width])] for row in rows]
 
 
 def _marker_value(store: Store, marker: int) -> Any:
@@ -547,11 +550,6 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
     encoder = target.encoder
     cutter = BatchCutter(push.format, push.max_batch_rows, push.max_batch_bytes)
 
-    def keys(rows: list[Any]) -> list[list[int]]:  # each row's [_id, marker], as ``_marker`` gives it
-        if store.dialect == "sqlite":
-            return [[row[0], row[width]] for row in rows]
-        return [[row[0], codecs.datetime_to_micros(row[width])] for row in rows]
-
     # Most cuts are small: read them at once. A large view is streamed (a server-side cursor on
     # PostgreSQL costs round trips that a small cut would notice).
     raw = target.first_rows_raw
@@ -565,13 +563,13 @@ def _cut(store: Store, conn: sa.Connection, push: Push, target: Target, trigger:
         parts = [rows] if push.format == "ndjson" else []  # NDJSON, a line per row: row by row
         for start in range(0, 0 if parts else len(rows), push.max_batch_rows):
             chunk = rows[start:start + push.max_batch_rows]
-            whole = cutter.whole(encoder.structs(chunk), keys(chunk))
+            whole = cutter.whole(encoder.structs(chunk), _row_keys(store, chunk, width))
             if whole is None:
                 parts = [rows[start:]]  # cut by bytes from here on
                 break
             pending.append(whole)
     for part in parts:
-        for row, (_, marker) in zip(encoder.objects(part), keys(part)):
+        for row, (_, marker) in zip(encoder.objects(part), _row_keys(store, part, width)):
             batch = cutter.add(row, marker)
             if batch is not None:
                 pending.append(batch)
