@@ -130,15 +130,11 @@ class _Errors:
             raise JobFailed(self.listed, f"{self.count} problem(s) in the payload; nothing was {verb}", self.count)
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def stored_encoder(dialect: str, column_type: str) -> Callable[[Any], Any]:
     """Canonical value -> what the DBAPI writes. Like codecs.encoder, but json is always text here
     (SQLite TEXT; PostgreSQL COPY/``::jsonb``), because these writes bypass SQLAlchemy's JSON type."""
     if column_type == "json":
-        return _json_text
+        return codecs.json_text
     return codecs.encoder(dialect, column_type)
 
 

@@ -29,7 +29,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-__all__ = ["sql_type", "encoder", "decoder", "output_sql", "identity", "micros_to_datetime", "datetime_to_micros", "iso"]
+__all__ = ["sql_type", "encoder", "decoder", "output_sql", "identity", "json_text", "micros_to_datetime", "datetime_to_micros", "iso"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -79,7 +79,9 @@ def identity(value: Any) -> Any:
     return value
 
 
-def _json_text(value: Any) -> Any:
+def json_text(value: Any) -> Any:
+    """A dataset json value as its JSON text (None stays None). Dataset values hold no integers beyond
+    64 bits (refused when loaded), so orjson writes every one."""
     return None if value is None else orjson.dumps(value).decode()
 
 
@@ -115,7 +117,7 @@ def _dt_micros(value: Any) -> Any:
 
 def encoder(dialect: str, column_type: str) -> Callable[[Any], Any]:
     if dialect == "sqlite":
-        return {"boolean": _bool_int, "date": _date_text, "datetime": _dt_micros, "json": _json_text}.get(column_type, identity)
+        return {"boolean": _bool_int, "date": _date_text, "datetime": _dt_micros, "json": json_text}.get(column_type, identity)
     return identity
 
 

@@ -123,13 +123,18 @@ class ViewQuery:
     def indexable_columns(self) -> list[str]:
         """Physical columns that filters and sorts name directly: worth an index (e.g. the log-time field,
         or ``last modified [auto]`` for "changed since")."""
-        physical = {  # fields that are a column of the table (the row id has its own index)
-            name: ref.expr.name for name, ref in self.fields.items()
-            if isinstance(ref.expr, sa.Column) and ref.expr.table is self.table and ref.expr.name != "_id"
-        }
         names = [f.get("field") for f in self.filter_definitions if isinstance(f, dict)]
         names += [k.field.name for k in self.sort]
-        return sorted({physical[n] for n in names if n in physical})
+        return sorted({col for col in map(self._table_column, names) if col is not None})
+
+    def _table_column(self, name: Any) -> str | None:
+        """The physical column a field name stands for, when it is one of the table's own columns
+        other than the row id (which has its index, and ranges of it SQLite reads by itself)."""
+        ref = self.fields.get(name) if isinstance(name, str) else None
+        expr = getattr(ref, "expr", None)
+        if isinstance(expr, sa.Column) and expr.table is self.table and expr.name != "_id":
+            return str(expr.name)
+        return None
 
     def _selectivity_probes(self) -> list[tuple[int, sa.Select]]:
         """SQLite: for each range filter on a column of the table (other than the row id, which SQLite
@@ -139,10 +144,9 @@ class ViewQuery:
             return []
         probes = []
         for i, raw in enumerate(self.filter_definitions):
-            ref = self.fields.get(raw.get("field"))
-            expr = getattr(ref, "expr", None)
-            if raw.get("op") not in _RANGE_OPS or not isinstance(expr, sa.Column) or expr.table is not self.table or expr.name == "_id":
+            if raw.get("op") not in _RANGE_OPS or self._table_column(raw.get("field")) is None:
                 continue
+            ref = self.fields[raw["field"]]
             if ref.type == "integer" and isinstance(coerce_value(ref, raw["op"], raw.get("value")), float):
                 continue  # compared as a double (filters._operands): no index can serve it, and the probe would scan
             probe = sa.select(sa.literal_column("1")).select_from(self.table).where(self.conditions[i])
