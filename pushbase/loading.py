@@ -501,14 +501,38 @@ def write_rows(store: Store, conn: sa.Connection, dataset: Dataset, checked: Che
     if inserted:
         _insert(store, conn, dataset, insert_columns, inserted, now, checked.groups if insert_columns is checked.columns else None)
     if updates:
-        assignments = ", ".join(f"{c.col} = {_placeholder(store, c.type)}" for c in dataset.columns)
-        mark = "?" if store.dialect == "sqlite" else "%s"
-        sql = f'UPDATE "ds_{dataset.id}" SET {assignments}, _modified = {mark} WHERE _id = {mark}'
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(sql, updates)
+        _update(store, conn, dataset, updates)
     counts.inserted = inserted
     counts.updated = len(updates)
     return counts
+
+
+def _update(store: Store, conn: sa.Connection, dataset: Dataset, updates: list[tuple[Any, ...]]) -> None:
+    """Rewrite rows in place: each of ``updates`` is (the columns' values as stored, ``_modified``,
+    ``_id``)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    table = f'"ds_{dataset.id}"'
+    if store.dialect != "sqlite":
+        assignments = ", ".join(f"{c.col} = {_placeholder(store, c.type)}" for c in dataset.columns)
+        cursor.executemany(f"UPDATE {table} SET {assignments}, _modified = %s WHERE _id = %s", updates)
+        return
+    # Many rows per statement, joined to their VALUES, as inserts go (_insert): an executemany steps once
+    # per row and gives up the GIL each time, and behind a busy event loop each step waits for it to
+    # come back (up to the 5 ms switch interval) while the transaction holds the one writer.
+    width = len(dataset.columns) + 2
+    assignments = ", ".join([*(f"{c.col} = k.column{i}" for i, c in enumerate(dataset.columns, 1)), f"_modified = k.column{width - 1}"])
+    one = "(" + ", ".join("?" * width) + ")"
+
+    def statement(rows: int) -> str:
+        return f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([one] * rows)}) AS k WHERE {table}._id = k.column{width}"
+
+    per = _rows_per_insert(width)
+    full = len(updates) // per * per
+    flat = itertools.chain.from_iterable
+    if full:
+        cursor.executemany(statement(per), [tuple(flat(updates[i:i + per])) for i in range(0, full, per)])
+    if full < len(updates):
+        cursor.execute(statement(len(updates) - full), tuple(flat(updates[full:])))
 
 
 def _rows_per_insert(columns: int) -> int:

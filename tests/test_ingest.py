@@ -54,6 +54,22 @@ def test_202_job_id_then_status_complete(orders):
     assert (doc["rows_received"], doc["rows_inserted"], doc["rows_updated"]) == (2, 2, 0)
 
 
+def test_an_upsert_of_many_rows_updates_each_with_its_own_values(orders):
+    # Updates go many rows per statement: more than one statement's worth, and a remainder.
+    orders.load("orders", [{"order_id": i, "customer": f"c{i}"} for i in range(1, 251)])
+    before = {r["order_id"]: r for r in orders.all_rows("/api/datasets/orders/rows", limit=1000)}
+    changed = [{"order_id": i, "customer": f"new {i}", "total": i / 3, "paid": i % 2 == 0, "day": "2026-02-28", "at": None,
+                **({"customer": None} if i == 7 else {})} for i in range(2, 251)]
+    doc = orders.load("orders", [{"order_id": 1, "customer": "c1"}, *changed])
+    assert (doc["rows_inserted"], doc["rows_updated"], doc["rows_unchanged"]) == (0, 249, 1), doc
+    after = {r["order_id"]: r for r in orders.all_rows("/api/datasets/orders/rows", limit=1000)}
+    for row in changed:
+        got = after[row["order_id"]]
+        assert {k: got[k] for k in row} == row, got
+        assert got["_id"] == before[row["order_id"]]["_id"] and got["last modified [auto]"] > before[row["order_id"]]["last modified [auto]"]
+    assert after[1] == before[1]
+
+
 def test_single_object_and_ndjson_bodies(orders):
     assert orders.load("orders", {"order_id": 1})["rows_inserted"] == 1
     body = b'{"order_id": 2}\n\n{"order_id": 3, "paid": true}\n'
